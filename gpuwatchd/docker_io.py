@@ -1,0 +1,364 @@
+"""Everything gpuwatchd asks of the Docker engine, as blocking calls.
+
+The docker SDK is synchronous: the daemon calls these from worker threads
+(short calls through a bounded executor, long-lived streams on dedicated
+threads), never from the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+#: Orchestrators own these containers: gpuwatchd never restarts them itself.
+ORCHESTRATOR_LABEL_PREFIXES = ("com.docker.swarm.", "io.kubernetes.")
+#: Major number of the NVIDIA character devices (/dev/nvidia0.., /dev/nvidiactl).
+NVIDIA_MAJOR = 195
+NVIDIACTL_MINOR = 255
+#: Probe output kept for classification and records; the rest is drained unread.
+MAX_PROBE_OUTPUT = 64 * 1024
+
+DockerError = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+class DockerUnavailable(Exception):
+    """The engine did not answer (socket missing, refused, or timed out)."""
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What gpuwatchd needs to know about one container, from its inspect data."""
+
+    id: str
+    name: str
+    status: str  #: created, running, paused, restarting, removing, exited, dead
+    started_at: float  #: epoch seconds of the last start (0 when never started)
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    pid: int = 0
+    uses_gpu: bool = False
+    expects_nvidia_device: bool = False  #: it was given /dev/nvidia* or GPUs at creation
+    log_driver: str = "json-file"
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def orchestrated(self) -> bool:
+        return any(k.startswith(ORCHESTRATOR_LABEL_PREFIXES) for k in self.labels)
+
+
+@dataclass(frozen=True)
+class ExecOutcome:
+    """The raw result of one ``docker exec``; classification happens elsewhere."""
+
+    exit_code: int | None
+    output: bytes
+    timed_out: bool = False
+    exec_error: str | None = None  #: the engine refused the exec (message)
+
+
+def parse_docker_time(value: str | None) -> float:
+    """Docker's RFC 3339 timestamps (nanoseconds, ``Z``) to epoch seconds; 0 for unset."""
+    if not value or value.startswith("0001-01-01"):
+        return 0.0
+    head, _, frac = value.rstrip("Z").partition(".")
+    # Offsets other than Z do not occur in the engine's output; be lenient anyway.
+    for sep in ("+", "-"):
+        if sep in frac:
+            frac = frac.split(sep, 1)[0]
+    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
+    return seconds + (float("0." + frac) if frac else 0.0)
+
+
+def _env_value(env: list[str] | None, key: str) -> str | None:
+    for item in env or ():
+        name, _, value = item.partition("=")
+        if name == key:
+            return value
+    return None
+
+
+def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
+    """Build a :class:`ContainerInfo` from ``docker inspect`` data."""
+    state = attrs.get("State") or {}
+    host = attrs.get("HostConfig") or {}
+    config = attrs.get("Config") or {}
+    status = str(state.get("Status", "unknown"))
+    if state.get("Restarting"):
+        status = "restarting"
+    devices = host.get("Devices") or []
+    device_paths = [str(d.get("PathInContainer", "")) for d in devices]
+    nvidia_devices = any(p.startswith("/dev/nvidia") for p in device_paths)
+    gpu_requests = any(
+        any("gpu" in caps for caps in (req.get("Capabilities") or []))
+        or req.get("Driver") == "nvidia"
+        for req in (host.get("DeviceRequests") or [])
+    )
+    visible = _env_value(config.get("Env"), "NVIDIA_VISIBLE_DEVICES")
+    uses_gpu = (
+        gpu_requests
+        or host.get("Runtime") == "nvidia"
+        or (visible is not None and visible.strip().lower() not in ("", "void", "none"))
+        or nvidia_devices
+    )
+    return ContainerInfo(
+        id=str(attrs["Id"]),
+        name=str(attrs.get("Name", "")).lstrip("/"),
+        status=status,
+        started_at=parse_docker_time(state.get("StartedAt")),
+        labels=MappingProxyType(dict(config.get("Labels") or {})),
+        pid=int(state.get("Pid") or 0),
+        uses_gpu=uses_gpu,
+        expects_nvidia_device=nvidia_devices or gpu_requests or host.get("Runtime") == "nvidia",
+        log_driver=str((host.get("LogConfig") or {}).get("Type", "json-file")),
+    )
+
+
+def device_access_ok(info: ContainerInfo, proc: Path = Path("/proc"),
+                     cgroup_root: Path = Path("/sys/fs/cgroup")) -> bool | None:
+    """Whether the container's device cgroup still lets it open /dev/nvidiactl.
+
+    True or False only on cgroup v1, where ``devices.list`` shows the rules;
+    None when it cannot be told (cgroup v2 uses eBPF programs and lists nothing,
+    the container is gone, or it was never given an NVIDIA device).
+    """
+    if not info.expects_nvidia_device or info.pid <= 0:
+        return None
+    try:
+        lines = (proc / str(info.pid) / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    path = None
+    for line in lines:
+        _, controllers, cg_path = line.split(":", 2)
+        if "devices" in controllers.split(","):
+            path = cg_path
+            break
+    if path is None:
+        return None  # cgroup v2 (or no devices controller): no list to read
+    try:
+        rules = (cgroup_root / "devices" / path.lstrip("/") / "devices.list").read_text()
+    except OSError:
+        return None
+    return _rules_allow(rules.split("\n"), NVIDIA_MAJOR, NVIDIACTL_MINOR)
+
+
+def _rules_allow(rules: list[str], major: int, minor: int) -> bool:
+    for rule in rules:
+        parts = rule.split()
+        if len(parts) != 3:
+            continue
+        kind, numbers, access = parts
+        if kind == "a":
+            return True
+        maj, _, mnr = numbers.partition(":")
+        if (
+            kind == "c"
+            and maj in ("*", str(major))
+            and mnr in ("*", str(minor))
+            and "r" in access
+            and "w" in access
+        ):
+            return True
+    return False
+
+
+class DockerGateway:
+    """Blocking access to one Docker engine.
+
+    Two SDK clients: one for short calls, with a pool the size of the worker
+    executor, and one for long-lived streams (log followers, events), each of
+    which holds a connection for as long as it runs.
+    """
+
+    def __init__(self, host: str = "", timeout: float = 30.0, pool_size: int = 8) -> None:
+        base_url = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        self.base_url = base_url
+        self.timeout = timeout
+        self._client = docker.DockerClient(
+            base_url=base_url, timeout=int(max(1, timeout)), max_pool_size=pool_size
+        )
+        self._stream_client = docker.DockerClient(
+            base_url=base_url, timeout=int(max(1, timeout)), max_pool_size=1024
+        )
+
+    def close(self) -> None:
+        self._client.close()
+        self._stream_client.close()
+
+    def ping(self) -> str:
+        """The engine's version; raises DockerUnavailable when it does not answer."""
+        try:
+            return str(self._client.version().get("Version", "unknown"))
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+
+    def info(self) -> dict[str, Any]:
+        try:
+            return dict(self._client.info())
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+
+    def list_containers(self) -> list[ContainerInfo]:
+        """Every container that exists, running or not, from full inspect data."""
+        try:
+            summaries = self._client.api.containers(all=True)
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+        result = []
+        for summary in summaries:
+            info = self.inspect(summary["Id"])
+            if info is not None:
+                result.append(info)
+        return result
+
+    def inspect(self, ref: str) -> ContainerInfo | None:
+        """Inspect one container by ID or name; None when it no longer exists."""
+        try:
+            return container_info(self._client.api.inspect_container(ref))
+        except docker.errors.NotFound:
+            return None
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+
+    def restart(self, ref: str, stop_timeout: float) -> None:
+        """``docker restart`` with ``stop_timeout`` as the stop grace period."""
+        try:
+            self._client.api.restart(ref, timeout=round(stop_timeout))
+        except docker.errors.NotFound:
+            raise
+        except docker.errors.APIError:
+            raise
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+
+    def exec_probe(self, ref: str, argv: tuple[str, ...], timeout: float,
+                   max_output: int = MAX_PROBE_OUTPUT) -> ExecOutcome:
+        """Run ``argv`` in the container, bounded in time and captured size.
+
+        The Docker API cannot kill an exec, so on timeout the probe's process is
+        killed from the host by the PID the engine reports for the exec.
+        """
+        api = self._client.api
+        try:
+            exec_id = api.exec_create(ref, list(argv), stdout=True, stderr=True)["Id"]
+            stream = api.exec_start(exec_id, stream=True)
+        except docker.errors.APIError as exc:
+            return ExecOutcome(None, b"", exec_error=_one_line(exc.explanation or exc))
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+
+        timed_out = threading.Event()
+
+        def kill_probe() -> None:
+            timed_out.set()
+            try:
+                pid = int(api.exec_inspect(exec_id).get("Pid") or 0)
+                if pid > 0:
+                    os.kill(pid, signal.SIGKILL)
+            except (*DockerError, ProcessLookupError):
+                pass
+            # Belt and braces: if the kill could not land, stop reading anyway.
+            threading.Timer(2.0, stream.close).start()
+
+        timer = threading.Timer(timeout, kill_probe)
+        timer.daemon = True
+        timer.start()
+        chunks: list[bytes] = []
+        kept = 0
+        try:
+            for chunk in stream:
+                if kept < max_output:
+                    chunks.append(chunk[: max_output - kept])
+                    kept += len(chunks[-1])
+        except DockerError:
+            pass  # the stream was closed under us after a timeout
+        finally:
+            timer.cancel()
+        output = b"".join(chunks)
+        if timed_out.is_set():
+            return ExecOutcome(None, output, timed_out=True)
+        try:
+            exit_code = api.exec_inspect(exec_id).get("ExitCode")
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+        return ExecOutcome(None if exit_code is None else int(exit_code), output)
+
+    def log_stream(self, ref: str, since: float) -> LogStream:
+        """Follow stdout and stderr of a container from ``since`` (epoch seconds)."""
+        try:
+            raw = self._stream_client.api.logs(
+                ref, stdout=True, stderr=True, stream=True, follow=True, since=since
+            )
+        except docker.errors.NotFound:
+            raise
+        except docker.errors.APIError:
+            raise
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+        return LogStream(raw)
+
+    def event_stream(self, since: float | None = None) -> EventStream:
+        """Container events (start, die, destroy, rename, ...) as decoded dicts."""
+        try:
+            raw = self._stream_client.api.events(
+                since=since, decode=True, filters={"type": "container"}
+            )
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+        return EventStream(raw)
+
+
+class _Stream:
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop the stream from another thread: the reading thread sees it end."""
+        self._closed = True
+        # Closing a socket the engine already dropped may fail in many ways.
+        with contextlib.suppress(Exception):
+            self._raw.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class LogStream(_Stream):
+    """Raw log chunks (bytes); one chunk is one write of the program, not a line."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._raw
+        except DockerError:
+            if not self._closed:
+                raise
+
+
+class EventStream(_Stream):
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._raw
+        except DockerError:
+            if not self._closed:
+                raise
+
+
+def _one_line(value: object) -> str:
+    text = str(value).strip()
+    return " ".join(text.split()) or type(value).__name__

@@ -1,0 +1,76 @@
+"""The watch set: names, IDs, label selectors and the GPU heuristic."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+
+from gpuwatchd.config import WatchConfig
+from gpuwatchd.docker_io import ContainerInfo, container_info
+from gpuwatchd.watchset import is_watched
+
+ID = "3f2a9c1b7d4e" + "0" * 52
+
+
+def info(name: str = "KonomiTV", labels: dict[str, str] | None = None,
+         uses_gpu: bool = False) -> ContainerInfo:
+    return ContainerInfo(id=ID, name=name, status="running", started_at=1.0,
+                         labels=MappingProxyType(labels or {}), uses_gpu=uses_gpu)
+
+
+@pytest.mark.parametrize(
+    ("watch", "container", "expected"),
+    [
+        (WatchConfig(), info(), False),
+        (WatchConfig(), info(labels={"gpuwatchd.watch": "true"}), True),
+        (WatchConfig(), info(labels={"gpuwatchd.watch": "false"}), False),
+        (WatchConfig(labels=("gpu",)), info(labels={"gpu": "anything"}), True),
+        (WatchConfig(containers=("KonomiTV",)), info(), True),
+        (WatchConfig(containers=("/KonomiTV",)), info(), True),
+        (WatchConfig(containers=("konomitv",)), info(), False),
+        (WatchConfig(containers=(ID[:12],)), info(name="other"), True),
+        (WatchConfig(containers=(ID[:11],)), info(name="other"), False),
+        (WatchConfig(containers=(ID,)), info(name="other"), True),
+        (WatchConfig(all_gpu_containers=True), info(uses_gpu=True), True),
+        (WatchConfig(all_gpu_containers=True), info(uses_gpu=False), False),
+        (WatchConfig(all_gpu_containers=False), info(uses_gpu=True), False),
+    ],
+)
+def test_is_watched(watch: WatchConfig, container: ContainerInfo, expected: bool) -> None:
+    """Each selector kind picks exactly the containers it names."""
+    assert is_watched(container, watch) is expected
+
+
+def attrs(host: dict[str, object] | None = None, env: list[str] | None = None) -> dict[str, object]:
+    return {
+        "Id": ID,
+        "Name": "/c",
+        "State": {"Status": "running", "StartedAt": "2026-11-27T00:52:45.580931496Z", "Pid": 7},
+        "HostConfig": host or {},
+        "Config": {"Env": env or [], "Labels": None},
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "uses_gpu"),
+    [
+        (attrs(), False),
+        (attrs(host={"Runtime": "nvidia"}), True),
+        (attrs(host={"DeviceRequests": [{"Driver": "", "Capabilities": [["gpu"]]}]}), True),
+        (attrs(host={"Devices": [{"PathInContainer": "/dev/nvidiactl"}]}), True),
+        (attrs(env=["NVIDIA_VISIBLE_DEVICES=all"]), True),
+        (attrs(env=["NVIDIA_VISIBLE_DEVICES=void"]), False),
+        (attrs(env=["NVIDIA_VISIBLE_DEVICES=none"]), False),
+        (attrs(env=["NVIDIA_VISIBLE_DEVICES="]), False),
+    ],
+)
+def test_gpu_heuristic(data: dict[str, object], uses_gpu: bool) -> None:
+    """all_gpu_containers recognises every way a container is given GPUs."""
+    assert container_info(data).uses_gpu is uses_gpu
+
+
+def test_inspect_times_parse_to_epoch_with_fraction() -> None:
+    parsed = container_info(attrs())
+    assert parsed.started_at == pytest.approx(1795740765.580931, abs=1e-5)
+    assert parsed.name == "c" and parsed.pid == 7 and parsed.short_id == ID[:12]
