@@ -27,6 +27,8 @@ ORCHESTRATOR_LABEL_PREFIXES = ("com.docker.swarm.", "io.kubernetes.")
 #: Major number of the NVIDIA character devices (/dev/nvidia0.., /dev/nvidiactl).
 NVIDIA_MAJOR = 195
 NVIDIACTL_MINOR = 255
+#: Container events that change the watch set (exec_* events are our own probes).
+WATCHED_EVENTS = ["create", "start", "die", "destroy", "rename", "pause", "unpause"]
 #: Probe output kept for classification and records; the rest is drained unread.
 MAX_PROBE_OUTPUT = 64 * 1024
 
@@ -315,7 +317,7 @@ class DockerGateway:
         """Container events (start, die, destroy, rename, ...) as decoded dicts."""
         try:
             raw = self._stream_client.api.events(
-                since=since, decode=True, filters={"type": "container"}
+                since=since, decode=True, filters={"type": "container", "event": WATCHED_EVENTS}
             )
         except DockerError as exc:
             raise DockerUnavailable(_one_line(exc)) from exc

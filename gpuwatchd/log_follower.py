@@ -1,0 +1,111 @@
+"""Following one container's log on a dedicated thread.
+
+Matching happens on the follower thread, so only matches (not every line of a
+chatty container) cross into the event loop. Each follower starts at a given
+moment (the attach time, or the container's new start time after a restart),
+so a line written before it is never acted on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import docker.errors
+
+from gpuwatchd.docker_io import DockerGateway, DockerUnavailable, LogStream
+from gpuwatchd.loglines import LineSplitter, clean
+from gpuwatchd.patterns import LogPattern, first_match
+
+
+@dataclass(frozen=True)
+class LogMatch:
+    container_id: str
+    container_name: str
+    pattern: str
+    line: str
+
+
+#: Called on the follower thread; must be cheap and thread-safe.
+MatchCallback = Callable[[LogMatch], None]
+#: Called once when the stream ends: (container_id, error message or None).
+EndCallback = Callable[[str, str | None], None]
+
+
+class LogFollower:
+    """Follows ``docker logs -f --since <since>`` of one container."""
+
+    def __init__(
+        self,
+        gateway: DockerGateway,
+        container_id: str,
+        container_name: str,
+        since: float,
+        patterns: tuple[LogPattern, ...],
+        on_match: MatchCallback,
+        on_end: EndCallback,
+    ) -> None:
+        self.container_id = container_id
+        self.container_name = container_name
+        self.since = since
+        #: Replaced on config reload; read once per line, so no lock is needed.
+        self.patterns = patterns
+        self.lines = 0  #: lines seen (for metrics and benchmarks)
+        self._gateway = gateway
+        self._on_match = on_match
+        self._on_end = on_end
+        self._stream: LogStream | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"logs-{container_name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the follower to end; returns at once (the thread exits soon after)."""
+        self._stopping.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        error: str | None = None
+        try:
+            self._stream = self._gateway.log_stream(self.container_id, self.since)
+            if self._stopping.is_set():
+                self._stream.close()
+            splitter = LineSplitter()
+            for chunk in self._stream:
+                for raw in splitter.feed(chunk):
+                    self._line(raw)
+            tail = splitter.flush()
+            if tail is not None:
+                self._line(tail)
+        except docker.errors.NotFound:
+            error = None  # removed while we attached: the event stream reports it
+        except docker.errors.APIError as exc:
+            # e.g. a log driver that cannot be read back ("none", plain syslog)
+            error = " ".join(str(exc.explanation or exc).split())
+        except DockerUnavailable as exc:
+            error = str(exc)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._on_end(self.container_id, None if self._stopping.is_set() else error)
+
+    def _line(self, raw: bytes) -> None:
+        self.lines += 1
+        text = clean(raw)
+        pattern = first_match(self.patterns, text)
+        if pattern is not None:
+            self._on_match(LogMatch(self.container_id, self.container_name, pattern.source, text))
