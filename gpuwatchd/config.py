@@ -7,12 +7,23 @@ never discovers a bad value at 3 a.m.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime, time
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
 
-from gpuwatchd.patterns import LogPattern
+from gpuwatchd.patterns import REGEX_PREFIX, LogPattern
 
 DEFAULT_CONFIG_PATH = Path("/etc/gpuwatchd/config.toml")
 
@@ -129,8 +140,601 @@ class Config:
             probe_command=self.probe.command if o.probe_command is None else o.probe_command,
             probe_interval=self.probe.interval if o.probe_interval is None else o.probe_interval,
             restart_timeout=(
-                self.remediation.restart_timeout
-                if o.restart_timeout is None
-                else o.restart_timeout
+                self.remediation.restart_timeout if o.restart_timeout is None else o.restart_timeout
             ),
         )
+
+
+# --------------------------------------------------------------------------
+# Errors
+
+
+#: Characters that ``str.splitlines`` treats as line breaks: an error message
+#: that must stay on one line escapes every one of them.
+_LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"
+_ONE_LINE = str.maketrans(
+    {c: f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}" for c in _LINE_BREAKS}
+)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every line break escaped, so it prints as exactly one line."""
+    return text.translate(_ONE_LINE)
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used.
+
+    ``str()`` is always one line: ``FILE: KEY: PROBLEM`` (``FILE: PROBLEM`` when the
+    problem is not tied to a key), ready to print for an operator as is.
+    """
+
+    def __init__(self, source: Path | str | None, key: str | None, problem: str) -> None:
+        super().__init__(source, key, problem)
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+    def __str__(self) -> str:
+        parts = [str(self.source) if self.source is not None else "<config>"]
+        if self.key:
+            parts.append(self.key)
+        parts.append(self.problem)
+        return _one_line(": ".join(parts))
+
+
+class _Invalid(Exception):
+    """A problem at a key; :func:`load_config_text` adds the file name."""
+
+    def __init__(self, key: _Key, problem: str) -> None:
+        super().__init__(key, problem)
+        self.key = key
+        self.problem = problem
+
+
+_Key = tuple[str | int, ...]
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
+
+
+def _toml_key(key: str) -> str:
+    """``key`` as TOML writes it: bare when it can be, quoted otherwise."""
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
+def _dotted(key: _Key) -> str:
+    """``("containers", "KonomiTV", "patterns", 1)`` → ``containers.KonomiTV.patterns[1]``."""
+    out = ""
+    for part in key:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + _toml_key(part)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Values
+
+
+_TYPE_NAMES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),  # before int: bool is an int subclass
+    (int, "integer"),
+    (float, "float"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "table"),
+    (datetime, "datetime"),  # before date: datetime is a date subclass
+    (date, "date"),
+    (time, "time"),
+)
+
+
+def _type_name(value: object) -> str:
+    for cls, name in _TYPE_NAMES:
+        if isinstance(value, cls):
+            return name
+    return type(value).__name__
+
+
+def _show(value: object) -> str:
+    """A short, one-line rendering of a TOML value for an error message."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        shown = json.dumps(value[:80], ensure_ascii=False)
+        return shown + ("…" if len(value) > 80 else "")
+    name = _type_name(value)
+    return ("an " if name[0] in "aeiou" else "a ") + name
+
+
+#: The longest accepted duration: anything longer is a typo, and huge values
+#: overflow timer arithmetic further down.
+MAX_DURATION = 365 * 86400.0
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(ms|s|m|h)"
+_DURATION = re.compile(rf"(?:{_DURATION_PART}\s*)+", re.ASCII)
+_DURATION_HINT = 'such as "500ms", "30s", "5m", "1h" or a number of seconds'
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds from ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"1h30m"`` or a number.
+
+    A number means seconds. The result is positive and at most :data:`MAX_DURATION`.
+
+    Raises:
+        ValueError: for zero, a negative value, a boolean, a non-finite number,
+            a string without a unit, or anything else; the message is one line
+            ending in the offending value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be a positive duration {_DURATION_HINT}, got {_show(value)}")
+    if isinstance(value, str):
+        text = value.strip()
+        unsigned = text[1:].lstrip() if text[:1] in "+-" else text
+        if not _DURATION.fullmatch(unsigned):
+            raise ValueError(f"must be a positive duration {_DURATION_HINT}, got {_show(value)}")
+        seconds = sum(
+            float(number) * _DURATION_UNITS[unit]
+            for number, unit in re.findall(_DURATION_PART, unsigned, re.ASCII)
+        )
+        if text.startswith("-"):
+            seconds = -seconds
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    if math.isnan(seconds) or seconds <= 0:
+        raise ValueError(f"must be a positive duration, got {_show(value)}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"must be at most 365 days, got {_show(value)}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str | float:
+    """The shortest exact spelling of ``seconds`` that :func:`parse_duration` reads back.
+
+    ``"60s"``, ``"90s"``, ``"2m"``, ``"1h"``, ``"500ms"`` when a unit fits exactly
+    (seconds up to a minute, else the largest unit), else the float itself.
+    """
+    seconds = float(seconds)  # an int from a hand-built Config has no is_integer() in 3.11
+    if 1 <= seconds <= 60 and seconds.is_integer():
+        return f"{int(seconds)}s"
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0), ("ms", 0.001)):
+        count = seconds / size
+        if count >= 1 and count.is_integer() and count < 1e15:
+            text = f"{int(count)}{unit}"
+            if parse_duration(text) == seconds:
+                return text
+    return seconds
+
+
+# --------------------------------------------------------------------------
+# Converters: one per kind of value, each raising _Invalid at the key.
+
+_Converter = Callable[[object, _Key], Any]
+
+
+def _expect(value: object, key: _Key, cls: type, what: str) -> None:
+    if not isinstance(value, cls) or (cls is int and isinstance(value, bool)):
+        raise _Invalid(key, f"must be {what}, got {_show(value)}")
+
+
+def _no_nul(value: str, key: _Key) -> str:
+    if "\0" in value:
+        raise _Invalid(key, "must not contain NUL characters")
+    return value
+
+
+def _duration(value: object, key: _Key) -> float:
+    try:
+        return parse_duration(value)  # type: ignore[arg-type]  # checked inside
+    except ValueError as e:
+        raise _Invalid(key, str(e)) from None
+
+
+def _bool(value: object, key: _Key) -> bool:
+    _expect(value, key, bool, "true or false")
+    return bool(value)
+
+
+def _abs_path(value: object, key: _Key) -> Path:
+    _expect(value, key, str, "an absolute path (a string)")
+    assert isinstance(value, str)
+    if not value.startswith("/"):
+        raise _Invalid(key, f"must be an absolute path, got {_show(value)}")
+    return Path(_no_nul(value, key))
+
+
+MAX_RESTARTS_LIMIT = 1000
+
+
+def _max_restarts(value: object, key: _Key) -> int:
+    _expect(value, key, int, "an integer")
+    assert isinstance(value, int)
+    if value < 1:
+        raise _Invalid(key, f"must be at least 1, got {value}")
+    if value > MAX_RESTARTS_LIMIT:
+        raise _Invalid(key, f"must be at most {MAX_RESTARTS_LIMIT}, got {value}")
+    return value
+
+
+def _strings(value: object, key: _Key, what: str) -> list[str]:
+    _expect(value, key, list, f"an array of {what}")
+    assert isinstance(value, list)
+    for i, item in enumerate(value):
+        _expect(item, (*key, i), str, "a string")
+        _no_nul(item, (*key, i))
+    return value
+
+
+def _command(*, allow_empty: bool) -> _Converter:
+    def convert(value: object, key: _Key) -> tuple[str, ...]:
+        argv = _strings(value, key, "strings (a command and its arguments)")
+        if not argv:
+            if allow_empty:
+                return ()
+            raise _Invalid(key, 'must not be empty: give a command such as ["nvidia-smi", "-L"]')
+        if not argv[0].strip():
+            raise _Invalid((*key, 0), "the command name must not be empty")
+        return tuple(argv)
+
+    return convert
+
+
+def _patterns(value: object, key: _Key) -> tuple[LogPattern, ...]:
+    sources = _strings(value, key, "patterns (strings)")
+    if not sources:
+        raise _Invalid(key, "must not be empty: remove the key to use the default")
+    patterns = []
+    for i, source in enumerate(sources):
+        if source in ("", REGEX_PREFIX):
+            raise _Invalid((*key, i), "a pattern must not be empty: it would match every line")
+        try:
+            patterns.append(LogPattern(source))
+        except (re.error, OverflowError, RecursionError) as e:
+            raise _Invalid((*key, i), f"invalid regular expression {_show(source)}: {e}") from None
+    return tuple(patterns)
+
+
+#: Docker's own rule for container names; IDs (hex) match it too.
+_CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", re.ASCII)
+_NAME_HINT = "must be a container name or ID (letters, digits, '_', '.', '-')"
+
+
+def _container_name(name: str, key: _Key) -> str:
+    if not _CONTAINER_NAME.fullmatch(name):
+        raise _Invalid(key, f"{_NAME_HINT}, got {_show(name)}")
+    return name
+
+
+def _containers_list(value: object, key: _Key) -> tuple[str, ...]:
+    names = _strings(value, key, "container names or IDs")
+    return tuple(_container_name(name, (*key, i)) for i, name in enumerate(names))
+
+
+def _labels(value: object, key: _Key) -> tuple[str, ...]:
+    labels = _strings(value, key, 'labels ("KEY" or "KEY=VALUE")')
+    for i, label in enumerate(labels):
+        if not label.partition("=")[0].strip():
+            raise _Invalid((*key, i), f'must be "KEY" or "KEY=VALUE", got {_show(label)}')
+    return tuple(labels)
+
+
+_DOCKER_SCHEMES = ("unix", "tcp", "ssh", "http", "https", "npipe")
+
+
+def _docker_host(value: object, key: _Key) -> str:
+    _expect(value, key, str, "a string")
+    assert isinstance(value, str)
+    scheme, sep, rest = value.partition("://")
+    if value and not (sep and scheme in _DOCKER_SCHEMES and rest):
+        raise _Invalid(
+            key,
+            'must be empty or a Docker host URL such as "unix:///var/run/docker.sock" '
+            f'or "tcp://127.0.0.1:2375", got {_show(value)}',
+        )
+    return _no_nul(value, key)
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", re.ASCII)
+
+
+def _listen(value: object, key: _Key) -> str:
+    _expect(value, key, str, 'a string "HOST:PORT"')
+    assert isinstance(value, str)
+    if not value:
+        return value
+    host, sep, port = value.rpartition(":")
+    ok = bool(sep) and port.isascii() and port.isdigit() and 0 < int(port) < 65536
+    if ok and host.startswith("[") and host.endswith("]"):
+        try:
+            ok = ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            ok = False
+    elif ok:
+        ok = bool(_HOSTNAME.fullmatch(host))
+    if not ok:
+        raise _Invalid(
+            key, f'must be "HOST:PORT" such as "127.0.0.1:9400" (empty: off), got {_show(value)}'
+        )
+    return value
+
+
+def _webhook(value: object, key: _Key) -> str:
+    _expect(value, key, str, "a string (an http:// or https:// URL)")
+    assert isinstance(value, str)
+    if not value:
+        return value
+    try:
+        url = urlsplit(value)
+        ok = url.scheme in ("http", "https") and bool(url.hostname)
+        url.port  # noqa: B018  # raises ValueError for a bad port
+    except ValueError:
+        ok = False
+    if not ok or any(c.isspace() for c in value):
+        raise _Invalid(key, f"must be an http:// or https:// URL (empty: off), got {_show(value)}")
+    return value
+
+
+# --------------------------------------------------------------------------
+# The schema: section → (dataclass, key → converter). The keys are the
+# dataclass field names (a test pins that down).
+
+_SECTIONS: dict[str, tuple[type[Any], dict[str, _Converter]]] = {
+    "daemon": (
+        DaemonConfig,
+        {"state_dir": _abs_path, "runtime_dir": _abs_path, "dry_run": _bool},
+    ),
+    "docker": (DockerConfig, {"host": _docker_host, "timeout": _duration}),
+    "gpu": (GpuConfig, {"poll_interval": _duration, "enforce_persistence": _bool}),
+    "probe": (
+        ProbeConfig,
+        {
+            "interval": _duration,
+            "timeout": _duration,
+            "start_grace": _duration,
+            "command": _command(allow_empty=False),
+        },
+    ),
+    "logs": (LogsConfig, {"patterns": _patterns, "confirm_with_probe": _bool}),
+    "remediation": (
+        RemediationConfig,
+        {
+            "restart_timeout": _duration,
+            "verify_timeout": _duration,
+            "cooldown": _duration,
+            "max_restarts": _max_restarts,
+            "window": _duration,
+        },
+    ),
+    "watch": (
+        WatchConfig,
+        {"containers": _containers_list, "labels": _labels, "all_gpu_containers": _bool},
+    ),
+    "notify": (
+        NotifyConfig,
+        {"command": _command(allow_empty=True), "webhook": _webhook, "timeout": _duration},
+    ),
+    "metrics": (MetricsConfig, {"listen": _listen}),
+}
+_OVERRIDE_KEYS: dict[str, _Converter] = {
+    "patterns": _patterns,
+    "confirm_with_probe": _bool,
+    "probe_command": _command(allow_empty=False),
+    "probe_interval": _duration,
+    "restart_timeout": _duration,
+}
+_TOP_LEVEL = (*_SECTIONS, "containers")
+
+
+def _unknown(key: _Key, known: Iterable[str], what: str) -> _Invalid:
+    name = str(key[-1])
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f'did you mean "{close[0]}"?' if close else "known: " + ", ".join(known)
+    return _Invalid(key, f"unknown {what} ({hint})")
+
+
+def _table(value: object, key: _Key) -> dict[str, object]:
+    if not isinstance(value, dict):
+        raise _Invalid(key, f"must be a table ([{_dotted(key)}]), got {_type_name(value)}")
+    return value
+
+
+def _parse_table(value: object, key: _Key, spec: Mapping[str, _Converter]) -> dict[str, Any]:
+    table = _table(value, key)
+    parsed: dict[str, Any] = {}
+    for name, item in table.items():
+        if name not in spec:
+            raise _unknown((*key, name), spec, "key")
+        parsed[name] = spec[name](item, (*key, name))
+    return parsed
+
+
+def _parse_document(document: dict[str, object], source: Path | None) -> Config:
+    sections: dict[str, Any] = {}
+    containers: dict[str, ContainerOverride] = {}
+    for name, value in document.items():
+        if name == "containers":
+            for cname, override in _table(value, (name,)).items():
+                ckey = (name, cname)
+                _container_name(cname, ckey)
+                containers[cname] = ContainerOverride(
+                    **_parse_table(override, ckey, _OVERRIDE_KEYS)
+                )
+        elif name in _SECTIONS:
+            cls, spec = _SECTIONS[name]
+            sections[name] = cls(**_parse_table(value, (name,), spec))
+        else:
+            raise _unknown((name,), _TOP_LEVEL, "section")
+    return Config(**sections, containers=MappingProxyType(containers), source=source)
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+#: A config file is a few kilobytes; refusing big ones keeps a mistake (a log
+#: file, a device node) from eating the daemon's memory.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def load_config_text(text: str, source: Path | None = None) -> Config:
+    """Parse and validate a whole TOML document; ``source`` only names it in errors.
+
+    Raises:
+        ConfigError: for a TOML syntax error, an unknown section or key, a value of
+            the wrong type, or a value out of range; the first problem found.
+    """
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, None, f"invalid TOML: {e}") from None
+    try:
+        return _parse_document(document, source)
+    except _Invalid as e:
+        raise ConfigError(source, _dotted(e.key), e.problem) from None
+
+
+def _check_owner(path: Path, st: os.stat_result) -> None:
+    if st.st_uid != 0:
+        raise ConfigError(
+            path, None, f"refusing config: owned by uid {st.st_uid}, not root; run chown root:root"
+        )
+    if st.st_mode & 0o022:
+        raise ConfigError(
+            path,
+            None,
+            "refusing config: writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600",
+        )
+
+
+def load_config(path: Path, *, check_owner: bool = False) -> Config:
+    """Read, parse and validate the config file at ``path``.
+
+    With ``check_owner`` (the daemon's setting: it runs as root and acts on what
+    the file says) a file not owned by root, or writable by group or others, is
+    refused.
+
+    Raises:
+        ConfigError: when the file cannot be read, is not a regular file, is
+            larger than :data:`MAX_CONFIG_BYTES`, is not UTF-8, fails the owner
+            check, or holds an invalid configuration (see :func:`load_config_text`).
+    """
+    try:
+        # O_NONBLOCK: a FIFO given as the config must not hang the daemon at open().
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read config: {e.strerror or e}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(path, None, "cannot read config: not a regular file")
+        if check_owner:
+            _check_owner(path, st)
+        try:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as e:
+            raise ConfigError(path, None, f"cannot read config: {e.strerror or e}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, None, f"cannot read config: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, f"not valid UTF-8 (byte {e.start})") from None
+    return load_config_text(text, path)
+
+
+# --------------------------------------------------------------------------
+# The effective configuration, back as TOML
+
+
+def _plain(value: object, converter: _Converter) -> Any:
+    """A config value as a TOML-ready value (the inverse of its converter)."""
+    if converter is _duration:
+        return format_duration(value)  # type: ignore[arg-type]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [p.source if isinstance(p, LogPattern) else p for p in value]
+    return value
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The configuration as plain TOML values, every default filled in.
+
+    Durations are spelled as :func:`format_duration` does; ``containers`` holds
+    only the overrides that are set (unset ones inherit the global value).
+    """
+    out: dict[str, Any] = {}
+    for name, (_cls, spec) in _SECTIONS.items():
+        section = getattr(config, name)
+        out[name] = {key: _plain(getattr(section, key), conv) for key, conv in spec.items()}
+    out["containers"] = {
+        cname: {
+            key: _plain(getattr(override, key), conv)
+            for key, conv in _OVERRIDE_KEYS.items()
+            if getattr(override, key) is not None
+        }
+        for cname, override in config.containers.items()
+    }
+    return out
+
+
+_TOML_ESCAPES = {
+    "\\": "\\\\",
+    '"': '\\"',
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+
+
+def _toml_string(value: str, *, ascii_only: bool = False) -> str:
+    out = []
+    for c in value:
+        if c in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[c])
+        elif ord(c) < 0x20 or ord(c) == 0x7F or c in _LINE_BREAKS or (ascii_only and ord(c) > 0x7E):
+            out.append(f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(value: object, *, ascii_only: bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value, ascii_only=ascii_only)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v, ascii_only=ascii_only) for v in value) + "]"
+    raise TypeError(f"cannot render {type(value).__name__} as TOML")
+
+
+def render_effective(config: Config, *, ascii_only: bool = False) -> str:
+    """The effective configuration as a TOML document that loads back to ``config``.
+
+    ``ascii_only`` escapes every non-ASCII character (for a terminal that cannot
+    print them); the document means the same either way.
+    """
+    data = config_to_dict(config)
+    lines = ["# gpuwatchd effective configuration: every default filled in."]
+    if config.source is not None:
+        lines.append(f"# source: {_toml_string(str(config.source), ascii_only=True)}")
+    for name, table in data.items():
+        if name == "containers":
+            continue
+        lines += ["", f"[{name}]"]
+        lines += [f"{k} = {_toml_value(v, ascii_only=ascii_only)}" for k, v in table.items()]
+    for cname, table in data["containers"].items():
+        lines += ["", f"[containers.{_toml_key(cname)}]"]
+        lines += [f"{k} = {_toml_value(v, ascii_only=ascii_only)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
