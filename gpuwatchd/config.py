@@ -612,12 +612,29 @@ def _check_owner(path: Path, st: os.stat_result) -> None:
         )
 
 
+def check_ownership(path: Path) -> None:
+    """Refuse ``path`` unless root owns it and neither group nor others may write it.
+
+    The daemon runs as root and restarts containers on what the file says, so a
+    file someone else can edit would hand them that power.
+
+    Raises:
+        ConfigError: when the file cannot be examined or fails the check.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read config: {e.strerror or e}") from None
+    _check_owner(path, st)
+
+
 def load_config(path: Path, *, check_owner: bool = False) -> Config:
     """Read, parse and validate the config file at ``path``.
 
-    With ``check_owner`` (the daemon's setting: it runs as root and acts on what
-    the file says) a file not owned by root, or writable by group or others, is
-    refused.
+    With ``check_owner`` (the daemon's setting) a file not owned by root, or
+    writable by group or others, is refused (see :func:`check_ownership`); the
+    check is made on the opened file, so a swap between check and read cannot
+    slip past it.
 
     Raises:
         ConfigError: when the file cannot be read, is not a regular file, is

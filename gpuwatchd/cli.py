@@ -1,0 +1,252 @@
+"""The ``gpuwatchd`` command line: ``run``, ``check-config``, and room for more.
+
+Each subcommand is one function registered with :func:`subcommand`; it receives
+the parsed arguments and returns an exit status from :class:`ExitCode`. A
+:class:`ConfigError` raised by any of them becomes one line on stderr and exit 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gpuwatchd import __version__
+from gpuwatchd.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    check_ownership,
+    load_config,
+    render_effective,
+)
+from gpuwatchd.exitcodes import EXIT_STATUS_HELP, ExitCode
+
+PROG = "gpuwatchd"
+#: Overrides DEFAULT_CONFIG_PATH when set and not empty (handy for tests and
+#: for a second instance); ``--config`` overrides both.
+CONFIG_ENV = "GPUWATCHD_CONFIG"
+#: The choices of ``run --log-format``; the same as ``gpuwatchd.log.LOG_FORMATS``
+#: (a test pins that down), spelled here so ``--help`` need not import structlog.
+LOG_FORMATS = ("console", "json", "journal")
+
+Handler = Callable[[argparse.Namespace], int]
+ArgumentAdder = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    """One ``gpuwatchd NAME`` command: its help and the function that runs it."""
+
+    name: str
+    help: str  #: one line, shown in the top-level --help
+    description: str  #: shown in the subcommand's own --help
+    arguments: tuple[ArgumentAdder, ...]
+    handler: Handler
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def subcommand(
+    name: str, *, help: str, description: str, arguments: Sequence[ArgumentAdder] = ()
+) -> Callable[[Handler], Handler]:
+    """Register the decorated function as ``gpuwatchd NAME``."""
+
+    def register(handler: Handler) -> Handler:
+        SUBCOMMANDS[name] = Subcommand(name, help, description, tuple(arguments), handler)
+        return handler
+
+    return register
+
+
+# --------------------------------------------------------------------------
+# Shared arguments and helpers
+
+
+def default_config_path() -> Path:
+    """``$GPUWATCHD_CONFIG`` when set and not empty, else ``/etc/gpuwatchd/config.toml``."""
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config PATH``."""
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help=f"configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG_PATH})",
+    )
+
+
+def load_from_args(args: argparse.Namespace, *, check_owner: bool) -> Config:
+    """Load the file ``--config`` names, or the default one.
+
+    Raises:
+        ConfigError: as :func:`load_config` does; for a missing default file the
+            message says how to create one.
+    """
+    path: Path | None = args.config
+    if path is None:
+        path = default_config_path()
+        if not os.path.lexists(path):
+            raise ConfigError(
+                path,
+                None,
+                "no configuration file: copy config.example.toml there "
+                "(owner root, mode 600) or pass --config PATH",
+            )
+    return load_config(path, check_owner=check_owner)
+
+
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _write_stdout(text: str) -> None:
+    """Write ``text`` to stdout; a closed pipe (``| head``) is not an error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+# --------------------------------------------------------------------------
+# Subcommands
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    config_argument(parser)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide and record everything, change nothing (overrides daemon.dry_run)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=None,
+        help="records for people (console), one JSON object per line (json), or native "
+        "journal fields (journal); default: journal when stderr is the journal, else console",
+    )
+
+
+@subcommand(
+    "run",
+    help="run the watchdog daemon in the foreground",
+    description="Run the watchdog daemon in the foreground (systemd starts it this way). "
+    "The configuration file must be owned by root and not writable by group or others.",
+    arguments=[_run_arguments],
+)
+def run_command(args: argparse.Namespace) -> int:
+    """Load the config (owner-checked), then hand over to ``gpuwatchd.daemon.run_daemon``."""
+    config = load_from_args(args, check_owner=True)
+    if args.dry_run:
+        config = replace(config, daemon=replace(config.daemon, dry_run=True))
+    try:
+        # Imported here: check-config and --help must work without the daemon's
+        # dependencies (docker, pynvml, systemd) being importable.
+        daemon: Any = importlib.import_module("gpuwatchd.daemon")
+        run_daemon = daemon.run_daemon
+    except (ImportError, AttributeError) as e:
+        _say(f"cannot start the daemon: {e}")
+        return ExitCode.PROBLEM
+    return int(run_daemon(config, log_format=args.log_format))
+
+
+@subcommand(
+    "check-config",
+    help="validate the configuration and print it with every default filled in",
+    description="Validate the configuration file and print the effective configuration, "
+    "every default filled in, as TOML that gpuwatchd reads back unchanged. "
+    "Errors go to stderr as one line naming the file and the key.",
+    arguments=[config_argument],
+)
+def check_config_command(args: argparse.Namespace) -> int:
+    """Validate, print the effective configuration, warn if ``run`` would refuse the file."""
+    config = load_from_args(args, check_owner=False)
+    try:
+        _write_stdout(render_effective(config))
+    except UnicodeEncodeError:
+        # A terminal that cannot print the patterns gets the same TOML, escaped.
+        _write_stdout(render_effective(config, ascii_only=True))
+    if config.source is not None:
+        try:
+            check_ownership(config.source)
+        except ConfigError as e:
+            # A warning, not an error: check-config also vets drafts kept elsewhere.
+            _say(f"warning: {e} (gpuwatchd run refuses such a file)")
+    return ExitCode.OK
+
+
+# --------------------------------------------------------------------------
+# The parser and the entry point
+
+_EPILOG = f"""\
+configuration:
+  default file {DEFAULT_CONFIG_PATH}, or ${CONFIG_ENV} when set;
+  every key is documented in config.example.toml
+
+{EXIT_STATUS_HELP}"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Keep NVIDIA GPUs usable inside Docker containers: watch persistence mode "
+        "and in-container NVML, heal what breaks, never loop.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for sub in SUBCOMMANDS.values():
+        sub_parser = commands.add_parser(
+            sub.name,
+            help=sub.help,
+            description=sub.description,
+            epilog=EXIT_STATUS_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        for add in sub.arguments:
+            add(sub_parser)
+        sub_parser.set_defaults(handler=sub.handler)
+    return parser
+
+
+def _exit_status(code: object) -> int:
+    """The status a ``SystemExit`` from argparse carries (help: 0, usage error: 2)."""
+    if code is None:
+        return ExitCode.OK
+    return code if isinstance(code, int) else ExitCode.USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its status.
+
+    Usage errors exit 2 with argparse's message; a :class:`ConfigError` prints one
+    line on stderr and returns 2. Nothing a user can get wrong ends in a traceback.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return _exit_status(e.code)
+    handler: Handler = args.handler
+    try:
+        return int(handler(args))
+    except ConfigError as e:
+        _say(str(e))
+        return ExitCode.USAGE
