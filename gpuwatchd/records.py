@@ -1,0 +1,533 @@
+"""The record catalogue: every structured record gpuwatchd writes, as data.
+
+The catalogue is a public contract (README: "Records"). Each event name has a
+fixed level, a human message template and, for the records an operator or a
+journal query needs to find reliably, a stable ``MESSAGE_ID`` (32 hex digits,
+systemd journal catalogue style). Names, levels and message IDs never change
+meaning once released.
+
+A :class:`Record` carries only the shared fields (``container``,
+``container_id``, ``gpu_index``, ``gpu_uuid``, ``cause``, ``confidence``,
+``result``, ``dry_run``, ``count``) plus the extras its event declares in the
+catalogue. :func:`make_record` is the one way to build a record; it rejects an
+unknown event or field, which is a programming error, never an operator one.
+The log sink adds ``timestamp`` (ISO 8601 with milliseconds), ``level`` and
+``event`` when it writes the record.
+
+:class:`RecordFolder` is the pure storm guard: identical records about the
+same container within a short interval are folded into one with a count, so
+journald's rate limit never hides the important ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+#: The values a record field may hold: all of them map directly to JSON.
+FieldValue = str | int | float | bool | tuple[str, ...] | None
+
+
+class Level(StrEnum):
+    """Severity of a record; maps onto syslog priorities in the journal."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+#: Fields any record may carry, where they apply.
+COMMON_FIELDS: frozenset[str] = frozenset(
+    {
+        "container",  # the container's name
+        "container_id",  # its 12-hex short ID
+        "gpu_index",
+        "gpu_uuid",
+        "cause",  # a gpuwatchd.types.Cause value
+        "confidence",  # a gpuwatchd.types.Confidence value
+        "result",  # a ProbeResult value, or an outcome word the event documents
+        "dry_run",
+        "count",  # how many occurrences this record stands for
+        "folded",  # true on a summary written by RecordFolder
+    }
+)
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One catalogue entry.
+
+    ``extras`` are the event-specific fields allowed besides the common ones.
+    ``fold_keys`` are the fields (besides event and container) that make two
+    records "identical" for folding. ``foldable`` is False for records that
+    must each reach the journal (critical ones, and those with a MESSAGE_ID).
+    """
+
+    name: str
+    level: Level
+    when: str
+    message: str
+    message_id: str | None = None
+    extras: tuple[str, ...] = ()
+    fold_keys: tuple[str, ...] = ()
+    foldable: bool = True
+
+
+_L = Level
+
+#: Every event gpuwatchd records, in the README's order; CATALOGUE indexes them by name.
+_ENTRIES: tuple[EventSpec, ...] = (
+    # -- the daemon itself -------------------------------------------------
+    EventSpec(
+        "daemon_started",
+        _L.INFO,
+        "the daemon is up and watching",
+        "gpuwatchd {version} started (dry run: {dry_run})",
+        "c49e0fb846394d28b1fd8fefa256e3e5",
+        ("version", "config"),
+        foldable=False,
+    ),
+    EventSpec(
+        "daemon_stopping",
+        _L.INFO,
+        "SIGTERM/SIGINT received; shutting down",
+        "gpuwatchd stopping ({reason})",
+        None,
+        ("reason",),
+        foldable=False,
+    ),
+    EventSpec(
+        "config_reloaded",
+        _L.INFO,
+        "SIGHUP: a valid new configuration swapped in",
+        "configuration reloaded from {config}",
+        None,
+        ("config",),
+    ),
+    EventSpec(
+        "config_reload_failed",
+        _L.ERROR,
+        "SIGHUP: the new configuration is invalid; the old one stays",
+        "configuration reload failed, keeping the old one: {error}",
+        None,
+        ("config", "error"),
+    ),
+    EventSpec(
+        "state_file_invalid",
+        _L.ERROR,
+        "the state file was unreadable, corrupt or of another version at start",
+        "state file unusable, starting with empty budgets: {error} (kept as {moved_to})",
+        "a95af66070f44f6586a35149d79f955e",
+        ("path", "moved_to", "error"),
+        foldable=False,
+    ),
+    EventSpec(
+        "state_save_failed",
+        _L.ERROR,
+        "writing the state file failed",
+        "could not save state to {path}: {error}",
+        None,
+        ("path", "error"),
+    ),
+    EventSpec(
+        "watch_set_changed",
+        _L.INFO,
+        "a container joined, left or was recreated in the watch set",
+        "container {container} {change} ({reason})",
+        None,
+        ("change", "reason"),
+        ("change",),
+    ),
+    # -- observers' health ---------------------------------------------------
+    EventSpec(
+        "docker_unavailable",
+        _L.ERROR,
+        "the Docker engine stopped answering",
+        "Docker unavailable, retrying: {error}",
+        None,
+        ("error",),
+    ),
+    EventSpec(
+        "docker_available",
+        _L.INFO,
+        "the Docker engine answers again",
+        "Docker available again",
+    ),
+    EventSpec(
+        "nvml_unavailable",
+        _L.ERROR,
+        "host NVML cannot be used (degraded mode)",
+        "host NVML unavailable ({reason}): {error}",
+        None,
+        ("reason", "error"),
+        ("reason",),
+    ),
+    EventSpec(
+        "nvml_available",
+        _L.INFO,
+        "host NVML works again",
+        "host NVML available again",
+    ),
+    # -- host GPUs -----------------------------------------------------------
+    EventSpec(
+        "gpu_persistence_off",
+        _L.WARNING,
+        "a GPU's persistence mode was seen Disabled (once per transition)",
+        "GPU {gpu_index} ({gpu_uuid}) has persistence mode off",
+        None,
+        ("gpu_name",),
+        ("gpu_uuid",),
+    ),
+    EventSpec(
+        "gpu_persistence_enabled",
+        _L.WARNING,
+        "gpuwatchd enabled persistence mode on a GPU (dry run: would have)",
+        "persistence mode enabled on GPU {gpu_index} ({gpu_uuid}) (dry run: {dry_run})",
+        "2ea6ee2459314d938355b36b3568707c",
+        ("gpu_name",),
+        foldable=False,
+    ),
+    EventSpec(
+        "gpu_persistence_set_failed",
+        _L.ERROR,
+        "enabling persistence mode failed (e.g. NO_PERMISSION)",
+        "could not enable persistence mode on GPU {gpu_index} ({gpu_uuid}): {error}",
+        "fc489ef6864f48bb9952a46ff65acae2",
+        ("error",),
+        ("gpu_uuid",),
+    ),
+    EventSpec(
+        "systemd_reload_detected",
+        _L.INFO,
+        "systemd reloaded (can revoke GPU device access in running containers)",
+        "systemd daemon-reload detected; probing every watched container",
+        None,
+        ("at",),
+    ),
+    # -- probes and logs -------------------------------------------------------
+    EventSpec(
+        "probe_failed",
+        _L.ERROR,
+        "the in-container NVML check failed or timed out",
+        "NVML check failed in {container}: {result}",
+        None,
+        ("purpose", "exit_code", "output", "device_access"),
+        ("result",),
+    ),
+    EventSpec(
+        "probe_unavailable",
+        _L.WARNING,
+        "the probe command cannot run in the container (once per container)",
+        "cannot check NVML in {container}: probe command unavailable "
+        "(exit {exit_code}); log matches cannot be confirmed there",
+        None,
+        ("command", "exit_code", "output"),
+    ),
+    EventSpec(
+        "log_pattern_matched",
+        _L.WARNING,
+        "a watched container logged a configured pattern (counted between probes)",
+        "{container} logged {pattern!r} {count} time(s)",
+        None,
+        ("pattern", "line"),
+        ("pattern",),
+    ),
+    EventSpec(
+        "log_match_not_gpu",
+        _L.INFO,
+        "a pattern matched but NVML works in the container (e.g. a real tuner fault)",
+        "{container} logged {pattern!r} {count} time(s) but NVML works there: not a GPU fault",
+        None,
+        ("pattern",),
+        ("pattern",),
+    ),
+    # -- remediation -----------------------------------------------------------
+    EventSpec(
+        "container_restarted",
+        _L.WARNING,
+        "gpuwatchd restarted a container (dry run: would have)",
+        "restarted {container} (cause {cause}, restart {attempt} of {max_restarts} "
+        "in the window; dry run: {dry_run})",
+        "ae942c6d94624b0e92879d50930b6925",
+        ("attempt", "max_restarts"),
+        foldable=False,
+    ),
+    EventSpec(
+        "container_recovered",
+        _L.INFO,
+        "after a restart, NVML works in the container again (result ok), or a "
+        "probe-less container stayed running and silent (result unverified)",
+        "{container} recovered ({result}) after {elapsed}s",
+        "f3ff77b4260d4c33bf935fcfaca2f4ab",
+        ("elapsed",),
+        foldable=False,
+    ),
+    EventSpec(
+        "remediation_failed",
+        _L.ERROR,
+        "a restart failed, or the container did not verify within verify_timeout",
+        "remediation of {container} failed: {result} {error}",
+        "486e2eefc1d94f5c9ac5038b406a6988",
+        ("error", "state"),
+        foldable=False,
+    ),
+    EventSpec(
+        "remediation_skipped",
+        _L.WARNING,
+        "a fault was found but gpuwatchd will not restart: reason host_cause "
+        "(with advice; once per window), orchestrated (once), paused, not_running",
+        "not restarting {container}: {reason}. {advice}",
+        "a77c4bd8079d43edb1b3be9de0c335f7",
+        ("reason", "advice", "state"),
+        ("reason", "cause"),
+    ),
+    EventSpec(
+        "remediation_deferred",
+        _L.INFO,
+        "a fault arrived within cooldown of the last restart; retried when it ends",
+        "fault in {container} within the restart cooldown; rechecking at {until}",
+        None,
+        ("until",),
+    ),
+    EventSpec(
+        "remediation_gave_up",
+        _L.CRITICAL,
+        "max_restarts reached within window: no more restarts until the window "
+        "passes or `gpuwatchd reset`",
+        "giving up on {container}: {count} restarts within {window}s did not cure it "
+        "(cause {cause}); run `gpuwatchd reset {container}` once fixed",
+        "07648c1206a9405482ed77e8761df59c",
+        ("window", "until"),
+        foldable=False,
+    ),
+    EventSpec(
+        "remediation_rearmed",
+        _L.INFO,
+        "a given-up container's window passed: restarts allowed again",
+        "{container} re-armed: its restart window has passed",
+        None,
+        (),
+        foldable=False,
+    ),
+    # -- the operator ------------------------------------------------------------
+    EventSpec(
+        "operator_reset",
+        _L.WARNING,
+        "`gpuwatchd reset`: restart budget and give-up cleared",
+        "operator reset {target}",
+        "aae153c68a1a498fabd517b2412be5c1",
+        ("target",),
+        foldable=False,
+    ),
+    EventSpec(
+        "operator_paused",
+        _L.WARNING,
+        "`gpuwatchd pause`: remediation stopped (probes and records go on)",
+        "operator paused remediation of {target} until {until}",
+        "2f4666d5bcc548f0ae03ed308ad1f006",
+        ("target", "until"),
+        foldable=False,
+    ),
+    EventSpec(
+        "operator_resumed",
+        _L.INFO,
+        "`gpuwatchd resume`, or a pause's time ran out",
+        "remediation of {target} resumed ({reason})",
+        "80f1c6c1e1724391a7d83094f1ff37b7",
+        ("target", "reason"),
+        foldable=False,
+    ),
+    EventSpec(
+        "notify_failed",
+        _L.WARNING,
+        "a notification command or webhook failed (never fatal)",
+        "notification failed: {error}",
+        None,
+        ("error",),
+    ),
+)
+CATALOGUE: Mapping[str, EventSpec] = MappingProxyType({s.name: s for s in _ENTRIES})
+
+#: Where a host cause cannot be cured by a container restart: what to do instead.
+ADVICE: Mapping[str, str] = MappingProxyType(
+    {
+        "version_mismatch": "The NVIDIA driver was upgraded without a reboot: reboot the host.",
+        "gpu_lost": "The GPU fell off the bus: reboot the host and check the card's power "
+        "and seating.",
+        "driver_not_loaded": "The NVIDIA kernel module is not loaded: reload it "
+        "(modprobe nvidia) or reboot the host.",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One structured record: an event name, its level and its fields.
+
+    ``fields`` is read-only. Build records with :func:`make_record`.
+    """
+
+    event: str
+    level: Level
+    fields: Mapping[str, FieldValue] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def spec(self) -> EventSpec:
+        """The catalogue entry for this record's event."""
+        return CATALOGUE[self.event]
+
+    @property
+    def message_id(self) -> str | None:
+        """The stable journal MESSAGE_ID, or None for this event."""
+        return self.spec.message_id
+
+    @property
+    def message(self) -> str:
+        """The human message: the template filled in; a missing field reads ``?``."""
+        return self.spec.message.format_map(_Defaulting(self.fields))
+
+    def get(self, name: str) -> FieldValue:
+        """The field ``name``, or None when the record does not carry it."""
+        return self.fields.get(name)
+
+    def with_fields(self, **changes: FieldValue) -> Record:
+        """A copy with some fields replaced or added (None removes a field).
+
+        Raises:
+            ValueError: when a field is not allowed for this event.
+        """
+        merged = dict(self.fields)
+        merged.update(changes)
+        return make_record(self.event, **merged)
+
+
+class _Defaulting(dict[str, object]):
+    def __missing__(self, key: str) -> object:
+        return "?"
+
+
+def make_record(event: str, **fields: FieldValue) -> Record:
+    """Build a record for a catalogued ``event``; fields set to None are left out.
+
+    Raises:
+        ValueError: when ``event`` is not in the catalogue, or a field is neither
+            a common field nor one of the event's extras (a programming error).
+    """
+    spec = CATALOGUE.get(event)
+    if spec is None:
+        raise ValueError(f"unknown record event {event!r}")
+    allowed = COMMON_FIELDS | set(spec.extras)
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"record {event!r} does not allow field(s) {sorted(unknown)}")
+    kept = {k: v for k, v in fields.items() if v is not None}
+    return Record(event, spec.level, MappingProxyType(kept))
+
+
+def short_id(container_id: str) -> str:
+    """Docker's 12-hex short form of a container ID."""
+    return container_id[:12]
+
+
+# -- folding -----------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    ends: float  #: the current interval's end
+    suppressed: int = 0  #: occurrences folded in this interval
+    last: Record | None = None  #: the latest folded record, the summary's template
+
+
+class RecordFolder:
+    """Folds identical records seen within ``interval`` seconds into one with a count.
+
+    Pure and clock-free: the caller passes ``now`` (the same time base as the
+    core). Two records are identical when they share the event, the container
+    (name and ID) and the event's ``fold_keys``. The first one of a kind is
+    returned at once; duplicates within the interval are held back and, when
+    the interval ends, one summary is returned: the latest duplicate with
+    ``count`` = the occurrences it stands for (each record counts as its own
+    ``count``, default 1) and ``folded = true``. A storm therefore yields at
+    most one record per kind per interval. Critical records and events marked
+    not foldable always pass straight through.
+
+    Call :meth:`due` when :meth:`next_deadline` passes (and :meth:`flush` at
+    shutdown) so summaries are not held back indefinitely.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        """Raises ValueError when ``interval`` is not positive."""
+        if interval <= 0:
+            raise ValueError("the folding interval must be positive")
+        self.interval = interval
+        self._groups: dict[tuple[object, ...], _Group] = {}
+
+    @staticmethod
+    def key(record: Record) -> tuple[object, ...]:
+        """What makes two records the same for folding."""
+        spec = record.spec
+        return (
+            record.event,
+            record.get("container"),
+            record.get("container_id"),
+            *(record.get(k) for k in spec.fold_keys),
+        )
+
+    def offer(self, record: Record, now: float) -> list[Record]:
+        """Take one record; return what should be written now, in order.
+
+        The result holds any summaries whose interval has ended, then
+        ``record`` itself unless it was folded.
+        """
+        out = self.due(now)
+        if record.level is Level.CRITICAL or not record.spec.foldable:
+            out.append(record)
+            return out
+        key = self.key(record)
+        group = self._groups.get(key)
+        if group is None:
+            self._groups[key] = _Group(ends=now + self.interval)
+            out.append(record)
+            return out
+        count = record.get("count")
+        group.suppressed += count if isinstance(count, int) and count > 0 else 1
+        group.last = record
+        return out
+
+    def due(self, now: float) -> list[Record]:
+        """Summaries of every interval that has ended by ``now``.
+
+        A group with duplicates starts a new interval after its summary (the
+        storm may go on); a quiet group is forgotten, so the next record of
+        that kind is written at once.
+        """
+        out: list[Record] = []
+        for key, group in list(self._groups.items()):
+            if now < group.ends:
+                continue
+            if group.last is None:
+                del self._groups[key]
+                continue
+            out.append(group.last.with_fields(count=group.suppressed, folded=True))
+            self._groups[key] = _Group(ends=max(now, group.ends) + self.interval)
+        return out
+
+    def flush(self) -> list[Record]:
+        """Every pending summary now, regardless of intervals; forgets all groups."""
+        out = [
+            g.last.with_fields(count=g.suppressed, folded=True)
+            for g in self._groups.values()
+            if g.last is not None
+        ]
+        self._groups.clear()
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`due` next has something to do, or None when nothing is held."""
+        ends = [g.ends for g in self._groups.values() if g.last is not None]
+        return min(ends) if ends else None
