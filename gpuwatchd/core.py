@@ -64,8 +64,9 @@ The rules, in the words of issue 3:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import Any
 
 from gpuwatchd.config import Config, ContainerSettings
 from gpuwatchd.events import (
@@ -171,6 +172,20 @@ class CoreView:
     docker_unavailable: str | None  #: the error while Docker is down
     paused_all: bool
     paused_all_until: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        """This view as plain JSON-ready data (enums as their values)."""
+        return {k: _plain(v) for k, v in asdict(self).items()}
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, StrEnum):
+        return value.value
+    return value
 
 
 # -- internal state -----------------------------------------------------------------------

@@ -351,6 +351,10 @@ _ENTRIES: tuple[EventSpec, ...] = (
     ),
 )
 CATALOGUE: Mapping[str, EventSpec] = MappingProxyType({s.name: s for s in _ENTRIES})
+#: event name -> MESSAGE_ID, for the journal sink (``gpuwatchd.journal``).
+MESSAGE_IDS: Mapping[str, str] = MappingProxyType(
+    {s.name: s.message_id for s in _ENTRIES if s.message_id is not None}
+)
 
 #: Where a host cause cannot be cured by a container restart: what to do instead.
 ADVICE: Mapping[str, str] = MappingProxyType(
