@@ -612,6 +612,18 @@ def _check_owner(path: Path, st: os.stat_result) -> None:
         )
 
 
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def check_ownership(path: Path) -> None:
     """Refuse ``path`` unless root owns it and neither group nor others may write it.
 
@@ -646,16 +658,17 @@ def load_config(path: Path, *, check_owner: bool = False) -> Config:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise ConfigError(path, None, f"cannot read config: {e.strerror or e}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(path, None, "cannot read config: not a regular file")
         if check_owner:
             _check_owner(path, st)
-        try:
-            data = f.read(MAX_CONFIG_BYTES + 1)
-        except OSError as e:
-            raise ConfigError(path, None, f"cannot read config: {e.strerror or e}") from None
+        data = _read_at_most(fd, MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read config: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(path, None, f"cannot read config: larger than {MAX_CONFIG_BYTES} bytes")
     try:
