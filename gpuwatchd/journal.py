@@ -13,7 +13,9 @@ beside gpuwatchd's records about it. Every other key becomes
 ``GPUWATCHD_<KEY>``.
 
 :func:`journal_fields` is pure; :func:`send` and :class:`JournalRenderer` write
-to journald through systemd-python, imported only when first used.
+to journald through systemd-python. systemd-python and structlog are imported
+only when first used, so the module loads with neither (tests run it under a
+bare system Python).
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ import re
 import uuid
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import structlog
-from structlog.typing import EventDict, WrappedLogger
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, WrappedLogger
 
 SYSLOG_IDENTIFIER = "gpuwatchd"
 
@@ -220,6 +222,8 @@ class JournalRenderer:
         self._message_ids = message_ids
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> Any:
+        import structlog
+
         if event_dict.get("exc_info"):
             event_dict = structlog.processors.format_exc_info(logger, method_name, event_dict)
         event_dict.pop("exc_info", None)
