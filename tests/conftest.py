@@ -37,8 +37,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
         client.ping()
     except (docker.errors.DockerException, OSError) as exc:
         pytest.fail(
-            f"no Docker engine answers ({exc}); run the suite with scripts/test, "
-            "which starts one",
+            f"no Docker engine answers ({exc}); run the suite with scripts/test, which starts one",
             pytrace=False,
         )
     try:

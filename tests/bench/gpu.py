@@ -294,8 +294,10 @@ class GpuController:
     # ---- the call log ----------------------------------------------------
 
     def calls(self, function: str | None = None) -> list[CallRecord]:
-        """NVML calls logged so far, host and containers, oldest first; optionally one function."""
-        records = [CallRecord.parse(line) for line in self.call_log.read_text().splitlines() if line]
+        """NVML calls logged so far (host and containers), oldest first; optionally one function."""
+        records = [
+            CallRecord.parse(line) for line in self.call_log.read_text().splitlines() if line
+        ]
         return [r for r in records if function is None or r.function == function]
 
     def clear_calls(self) -> None:

@@ -17,7 +17,7 @@ class WaitTimeout(AssertionError):
 
 
 def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     interval: float = 0.1,
     message: str | Callable[[], str] = "condition",
