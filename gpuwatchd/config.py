@@ -243,7 +243,7 @@ def _show(value: object) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        shown = json.dumps(value[:80], ensure_ascii=False)
+        shown = _one_line(json.dumps(value[:80], ensure_ascii=False))
         return shown + ("…" if len(value) > 80 else "")
     name = _type_name(value)
     return ("an " if name[0] in "aeiou" else "a ") + name
