@@ -799,6 +799,19 @@ class Core:
         r = c.remediation
         assert r is not None
         name = c.ref.name
+        if c.state is not ContainerState.RUNNING:
+            # It stopped (or paused) while persistence was being set: leave it be.
+            c.remediation = None
+            self._emit(
+                "remediation_skipped",
+                c,
+                reason="not_running",
+                state=c.state.value,
+                cause=r.cause.value,
+                advice="It stopped before the restart; gpuwatchd never starts a stopped container.",
+                dry_run=self._dry_run,
+            )
+            return
         self._prune(name, now)
         self._restarts.setdefault(name, []).append(now)
         r.phase, r.decided_at = Phase.RESTARTING, now

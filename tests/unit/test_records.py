@@ -120,6 +120,12 @@ class TestMakeRecord:
             r.fields["x"] = 1  # type: ignore[index]
 
 
+def count_of(record: Record) -> int:
+    value = record.fields.get("count", 1)
+    assert isinstance(value, int)
+    return value
+
+
 def matched(container: str = "KonomiTV", count: int = 1) -> Record:
     return make_record("log_pattern_matched", container=container, pattern="(ER-05)", count=count)
 
@@ -157,7 +163,7 @@ class TestRecordFolder:
             out += folder.offer(matched(), float(i))
         out += folder.flush()
         assert 55 <= len(out) <= 62
-        assert sum(r.fields.get("count", 1) for r in out) == 600  # type: ignore[misc]
+        assert sum(count_of(r) for r in out) == 600
 
     def test_quiet_interval_forgets_the_group(self) -> None:
         folder = RecordFolder(10)
@@ -204,4 +210,4 @@ class TestRecordFolder:
             now += step
             out += folder.offer(matched(name), now)
         out += folder.flush()
-        assert sum(int(r.fields.get("count", 1)) for r in out) == len(items)  # type: ignore[arg-type]
+        assert sum(count_of(r) for r in out) == len(items)
