@@ -98,10 +98,9 @@ def load_from_args(args: argparse.Namespace, *, check_owner: bool) -> Config:
         path = default_config_path()
         if not os.path.lexists(path):
             raise ConfigError(
-                path,
-                None,
                 "no configuration file: copy config.example.toml there "
                 "(owner root, mode 600) or pass --config PATH",
+                source=path,
             )
     return load_config(path, check_owner=check_owner)
 
@@ -162,7 +161,8 @@ def run_command(args: argparse.Namespace) -> int:
     except (ImportError, AttributeError) as e:
         _say(f"cannot start the daemon: {e}")
         return ExitCode.PROBLEM
-    return int(run_daemon(config, log_format=args.log_format))
+    # force_dry_run: --dry-run must survive a reload of a file that says otherwise.
+    return int(run_daemon(config, log_format=args.log_format, force_dry_run=args.dry_run))
 
 
 @subcommand(

@@ -165,18 +165,20 @@ def _one_line(text: str) -> str:
 class ConfigError(Exception):
     """The configuration cannot be used.
 
-    ``str()`` is always one line: ``FILE: KEY: PROBLEM`` (``FILE: PROBLEM`` when the
-    problem is not tied to a key), ready to print for an operator as is.
+    ``str()`` is always one line: ``FILE: KEY: PROBLEM``, leaving out the file or
+    the key when there is none, ready to print for an operator as is.
     """
 
-    def __init__(self, source: Path | str | None, key: str | None, problem: str) -> None:
-        super().__init__(source, key, problem)
+    def __init__(
+        self, problem: str, *, source: Path | str | None = None, key: str | None = None
+    ) -> None:
+        super().__init__(problem)
+        self.problem = problem
         self.source = source
         self.key = key
-        self.problem = problem
 
     def __str__(self) -> str:
-        parts = [str(self.source) if self.source is not None else "<config>"]
+        parts = [str(self.source)] if self.source is not None else []
         if self.key:
             parts.append(self.key)
         parts.append(self.problem)
@@ -588,27 +590,27 @@ def load_config_text(text: str, source: Path | None = None) -> Config:
         ConfigError: for a TOML syntax error, an unknown section or key, a value of
             the wrong type, or a value out of range; the first problem found.
     """
+    label = source if source is not None else "<config>"
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(source, None, f"invalid TOML: {e}") from None
+        raise ConfigError(f"invalid TOML: {e}", source=label) from None
     try:
         return _parse_document(document, source)
     except _Invalid as e:
-        raise ConfigError(source, _dotted(e.key), e.problem) from None
+        raise ConfigError(e.problem, source=label, key=_dotted(e.key)) from None
 
 
 def _check_owner(path: Path, st: os.stat_result) -> None:
     if st.st_uid != 0:
         raise ConfigError(
-            path, None, f"refusing config: owned by uid {st.st_uid}, not root; run chown root:root"
+            f"refusing config: owned by uid {st.st_uid}, not root; run chown root:root", source=path
         )
     if st.st_mode & 0o022:
         raise ConfigError(
-            path,
-            None,
             "refusing config: writable by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600",
+            source=path,
         )
 
 
@@ -636,7 +638,7 @@ def check_ownership(path: Path) -> None:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise ConfigError(path, None, f"cannot read config: {e.strerror or e}") from None
+        raise ConfigError(f"cannot read config: {e.strerror or e}", source=path) from None
     _check_owner(path, st)
 
 
@@ -657,24 +659,24 @@ def load_config(path: Path, *, check_owner: bool = False) -> Config:
         # O_NONBLOCK: a FIFO given as the config must not hang the daemon at open().
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise ConfigError(path, None, f"cannot read config: {e.strerror or e}") from None
+        raise ConfigError(f"cannot read config: {e.strerror or e}", source=path) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(path, None, "cannot read config: not a regular file")
+            raise ConfigError("cannot read config: not a regular file", source=path)
         if check_owner:
             _check_owner(path, st)
         data = _read_at_most(fd, MAX_CONFIG_BYTES + 1)
     except OSError as e:
-        raise ConfigError(path, None, f"cannot read config: {e.strerror or e}") from None
+        raise ConfigError(f"cannot read config: {e.strerror or e}", source=path) from None
     finally:
         os.close(fd)
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(path, None, f"cannot read config: larger than {MAX_CONFIG_BYTES} bytes")
+        raise ConfigError(f"cannot read config: larger than {MAX_CONFIG_BYTES} bytes", source=path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(path, None, f"not valid UTF-8 (byte {e.start})") from None
+        raise ConfigError(f"not valid UTF-8 (byte {e.start})", source=path) from None
     return load_config_text(text, path)
 
 

@@ -208,7 +208,8 @@ def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Config, Any]]:
     """Stand in for gpuwatchd.daemon: only run's hand-over is under test here."""
     calls: list[tuple[Config, Any]] = []
 
-    def run_daemon(config: Config, *, log_format: Any) -> int:
+    def run_daemon(config: Config, *, log_format: Any, force_dry_run: bool) -> int:
+        assert force_dry_run is config.daemon.dry_run
         calls.append((config, log_format))
         return 0
 

@@ -419,6 +419,18 @@ def test_message_stays_on_one_line_with_line_breaks_in_keys() -> None:
         assert len(str(info.value).splitlines()) == 1
 
 
+def test_config_error_without_file_or_key() -> None:
+    """A ConfigError made from a problem alone prints just the problem."""
+    assert str(ConfigError("no configuration file to reload")) == "no configuration file to reload"
+    error = ConfigError("bad\nthing", source=Path("/c.toml"), key="probe.timeout")
+    assert str(error) == "/c.toml: probe.timeout: bad\\x0athing"
+    assert (error.problem, error.source, error.key) == (
+        "bad\nthing",
+        Path("/c.toml"),
+        "probe.timeout",
+    )
+
+
 def test_without_a_source_the_message_says_config() -> None:
     """load_config_text without a source still has a file part."""
     with pytest.raises(ConfigError, match=r"^<config>: probe.timeout: "):
