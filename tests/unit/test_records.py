@@ -211,3 +211,21 @@ class TestRecordFolder:
             out += folder.offer(matched(name), now)
         out += folder.flush()
         assert sum(count_of(r) for r in out) == len(items)
+
+
+def test_readme_documents_every_event() -> None:
+    """The README's Records table names every catalogued event with its level and MESSAGE_ID."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Records", 1)[1]
+    rows = {
+        line.split("|")[1].strip().strip("`"): line
+        for line in section.splitlines()
+        if line.startswith("| `")
+    }
+    for name, spec in CATALOGUE.items():
+        assert name in rows, name
+        assert f"| {spec.level.value} |" in rows[name], name
+        if spec.message_id:
+            assert spec.message_id in rows[name], name
