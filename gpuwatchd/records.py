@@ -120,9 +120,9 @@ _ENTRIES: tuple[EventSpec, ...] = (
         "state_file_invalid",
         _L.ERROR,
         "the state file was unreadable, corrupt or of another version at start",
-        "state file unusable, starting with empty budgets: {error} (kept as {moved_to})",
+        "state file unusable, starting with empty state: {reason}",
         "a95af66070f44f6586a35149d79f955e",
-        ("path", "moved_to", "error"),
+        ("path", "reason"),
         foldable=False,
     ),
     EventSpec(
