@@ -20,14 +20,15 @@ EXPOSURE_GOAL = 3.0
 
 @pytest.fixture(scope="module")
 def box(boot_systemd: Callable[[], SystemdBox], offline_wheels: Path) -> SystemdBox:
-    """A box of this module's own: these tests install, upgrade and uninstall."""
-    return boot_systemd()
+    """A box of this module's own with gpuwatchd installed (--no-start): these tests
+    upgrade and uninstall it."""
+    box = boot_systemd()
+    box.install_gpuwatchd("--no-start")
+    return box
 
 
 def test_install_then_upgrade_in_place(box: SystemdBox) -> None:
     """Install puts venv, unit and config in place; a rerun keeps config and state."""
-    out = box.install_gpuwatchd("--no-start")
-    assert "using the system's systemd-python" in out
     assert box.sysexec(["systemctl", "is-enabled", "gpuwatchd"])[1].strip() == "enabled"
     unit = box.read_file("/etc/systemd/system/gpuwatchd.service")
     assert unit == (REPO / "packaging/systemd/gpuwatchd.service").read_text()
@@ -70,8 +71,9 @@ def test_shipped_unit_exposure(box: SystemdBox) -> None:
 
 
 def test_hardened_unit_runs_nvml(box: SystemdBox, tmp_path: Path) -> None:
-    """Under the shipped hardening (MemoryDenyWriteExecute, syscall filter, capabilities),
-    pynvml loads the driver library, sets persistence mode, and READY reaches systemd."""
+    """Under the shipped hardening (MemoryDenyWriteExecute, syscall filter, capabilities,
+    AF_UNIX only, read-only file system) pynvml loads the driver library and sets
+    persistence mode, the Docker socket answers, and READY reaches systemd."""
     build = REPO / ".bench/build"
     make = subprocess.run(["make", "-s", "-C", str(REPO / "tests/bench")], capture_output=True)
     assert make.returncode == 0, make.stderr.decode()
@@ -79,13 +81,14 @@ def test_hardened_unit_runs_nvml(box: SystemdBox, tmp_path: Path) -> None:
     assert gpu.persistence() == [False]
     box.write_file(
         "/run/nvml-check.py",
-        "import time, pynvml\n"
+        "import time, docker, pynvml\n"
         "from gpuwatchd import sdnotify\n"
+        "engine = docker.from_env().ping()\n"
         "pynvml.nvmlInit()\n"
         "handle = pynvml.nvmlDeviceGetHandleByIndex(0)\n"
         "pynvml.nvmlDeviceSetPersistenceMode(handle, pynvml.NVML_FEATURE_ENABLED)\n"
         "mode = pynvml.nvmlDeviceGetPersistenceMode(handle)\n"
-        "sdnotify.ready(f'gpus={pynvml.nvmlDeviceGetCount()} persistence={mode}')\n"
+        "sdnotify.ready(f'gpus={pynvml.nvmlDeviceGetCount()} persistence={mode} docker={engine}')\n"
         "while True:\n"
         "    sdnotify.watchdog_ping()\n"
         "    time.sleep(1)\n",
@@ -101,7 +104,10 @@ def test_hardened_unit_runs_nvml(box: SystemdBox, tmp_path: Path) -> None:
         journal = box.sysexec(["journalctl", "-u", "gpuwatchd", "--no-pager", "-n", "20"])[1]
         assert rc == 0, out + journal
         shown = box.show("gpuwatchd", "ActiveState", "StatusText")
-        assert shown == {"ActiveState": "active", "StatusText": "gpus=1 persistence=1"}, journal
+        assert shown == {
+            "ActiveState": "active",
+            "StatusText": "gpus=1 persistence=1 docker=True",
+        }, journal
         assert gpu.persistence() == [True]
     finally:
         box.sysexec(["systemctl", "stop", "gpuwatchd"])
