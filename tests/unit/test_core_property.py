@@ -54,9 +54,9 @@ ops = st.lists(
 )
 
 
-def run(h: Harness, script: list[tuple[str, object]]) -> dict[str, ContainerState]:
-    """Play ``script`` against the core as a world and an executor would; returns the
-    final container states. The executor answers in the order it was asked."""
+def run(h: Harness, script: list[tuple[str, object]]) -> list[RestartContainer]:
+    """Play ``script`` against the core as a world and an executor would (answering in
+    the order it was asked); returns the restarts the executor refused (not running)."""
     from gpuwatchd.events import PersistenceSetFinished, PersistenceSetResult
 
     h.gpus(GPU0)
@@ -67,6 +67,7 @@ def run(h: Harness, script: list[tuple[str, object]]) -> dict[str, ContainerStat
     restarts: list[RestartContainer] = []
     sets: list[SetPersistence] = []
     running_at_restart: list[bool] = []
+    refused: list[RestartContainer] = []
 
     def take(out: Sequence[object]) -> None:
         for a in out:
@@ -106,8 +107,10 @@ def run(h: Harness, script: list[tuple[str, object]]) -> dict[str, ContainerStat
             outcome = arg
             if states[r.ref.name] is not ContainerState.RUNNING:
                 outcome = RestartOutcome.NOT_RUNNING  # the executor re-inspects first
-            if outcome is RestartOutcome.RESTARTED:
-                states[r.ref.name] = ContainerState.RUNNING
+            if outcome is RestartOutcome.NOT_RUNNING:
+                # The executor refused: no restart happened (the core refunds the budget).
+                states[r.ref.name] = ContainerState.EXITED
+                refused.append(r)
             take(h.send(RestartFinished(r.ref, outcome, "", r.ref, h.now, states[r.ref.name])))  # type: ignore[arg-type]
         elif op == "set_done" and sets:
             s = sets.pop(0)
@@ -124,7 +127,7 @@ def run(h: Harness, script: list[tuple[str, object]]) -> dict[str, ContainerStat
         elif op == "pause":
             take(h.send(PauseRequested("KonomiTV", None) if arg else ResumeRequested("KonomiTV")))
     assert all(running_at_restart), "a restart was asked for a container not running"
-    return states
+    return refused
 
 
 CFG = make_config(max_restarts=2, window=1000.0, cooldown=100.0, verify_timeout=30.0)
@@ -136,9 +139,13 @@ def test_never_loops(script: list[tuple[str, object]]) -> None:
     """For any event sequence: ≤ max_restarts per window per container, cooldown apart,
     and only ever for a running container."""
     h = Harness(config=CFG)
-    run(h, script)
+    refused = {id(a) for a in run(h, script)}
     for ref in REFS:
-        times = [t for t, a in h.timeline if isinstance(a, RestartContainer) and a.ref == ref]
+        times = [
+            t
+            for t, a in h.timeline
+            if isinstance(a, RestartContainer) and a.ref == ref and id(a) not in refused
+        ]
         for a, b in itertools.pairwise(times):
             assert b - a >= CFG.remediation.cooldown
         for i, t in enumerate(times):
