@@ -1,0 +1,844 @@
+"""The daemon's lifecycle: observers feed one queue, the core decides, actions run.
+
+Observers (Docker events, log followers, the NVML poller, probe timers, the
+systemd reload watcher, the control socket) only *enqueue*. One dispatcher
+task takes each item in turn, hands core events to :class:`gpuwatchd.core.Core`
+and starts the actions it returns, so the core never needs a lock. Blocking
+calls (docker SDK, pynvml, file writes) run in a bounded thread pool; streams
+run on their own threads.
+
+Signals only record: SIGTERM/SIGINT set the stop flag, SIGHUP asks for a
+reload; a second SIGINT forces exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker.errors
+import structlog
+
+from gpuwatchd import __version__, sdnotify
+from gpuwatchd.classify import classify_probe
+from gpuwatchd.config import Config, ConfigError, load_config
+from gpuwatchd.control import ControlError, ControlServer
+from gpuwatchd.core import Core
+from gpuwatchd.docker_io import (
+    ContainerInfo,
+    DockerGateway,
+    DockerUnavailable,
+    device_access_ok,
+)
+from gpuwatchd.event_watcher import EventWatcher
+from gpuwatchd.events import (
+    Action,
+    ConfigChanged,
+    ContainerRef,
+    ContainerState,
+    ContainerStateChanged,
+    ContainerUnwatched,
+    ContainerWatched,
+    DeadlineReached,
+    DockerAvailable,
+    Emit,
+    Event,
+    GpuInfo,
+    GpuSnapshot,
+    LogMatched,
+    NvmlFailure,
+    NvmlUnavailable,
+    PauseRequested,
+    PersistenceSetFinished,
+    PersistenceSetResult,
+    ProbeFinished,
+    ProbeTick,
+    ResetRequested,
+    RestartContainer,
+    RestartFinished,
+    RestartOutcome,
+    ResumeRequested,
+    RunProbe,
+    SaveState,
+    ScheduleWakeup,
+    SetPersistence,
+    SystemdReloaded,
+)
+from gpuwatchd.events import DockerUnavailable as DockerUnavailableEvent
+from gpuwatchd.exitcodes import ExitCode
+from gpuwatchd.log import LogFormat, configure_logging, write_record
+from gpuwatchd.log_follower import LogFollower, LogMatch
+from gpuwatchd.nvml import Nvml
+from gpuwatchd.nvml import NvmlFailure as NvmlError
+from gpuwatchd.records import Record, RecordFolder, make_record
+from gpuwatchd.reload_watch import ReloadWatcher, ReloadWatchUnavailable
+from gpuwatchd.state_store import load_state, save_state, state_path
+from gpuwatchd.types import ProbeResult
+from gpuwatchd.watchset import is_watched
+
+T = TypeVar("T")
+log = structlog.get_logger("gpuwatchd")
+
+#: Worker threads for short blocking calls (inspect, exec, restart, NVML).
+WORKERS = 16
+#: Probes running at once; more wait their turn (a storm must not fork-bomb the host).
+MAX_CONCURRENT_PROBES = 8
+#: Restarts running at once.
+MAX_CONCURRENT_RESTARTS = 2
+#: How long shutdown waits for restarts in flight beyond their own stop timeout.
+SHUTDOWN_GRACE = 10.0
+#: Identical records within this many seconds are folded into one with a count.
+FOLD_INTERVAL = 10.0
+
+_STATES = {s.value: s for s in ContainerState}
+
+
+@dataclass(frozen=True)
+class _DockerEvent:
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _DockerStatus:
+    connected: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class _FollowerEnded:
+    container_id: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class _Resync:
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Reload:
+    pass
+
+
+def _state(info: ContainerInfo) -> ContainerState:
+    return _STATES.get(info.status, ContainerState.DEAD)
+
+
+def _ref(info: ContainerInfo) -> ContainerRef:
+    return ContainerRef(info.id, info.name)
+
+
+class Daemon:
+    """One gpuwatchd process: create, then ``await run()`` until stopped."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        gateway: DockerGateway | None = None,
+        nvml: Nvml | None = None,
+        force_dry_run: bool = False,
+    ) -> None:
+        if force_dry_run and not config.daemon.dry_run:
+            config = replace(config, daemon=replace(config.daemon, dry_run=True))
+        self.config = config
+        #: --dry-run on the command line outlives any reload of the file.
+        self._force_dry_run = force_dry_run
+        self.started_at = time.time()
+        self._gateway = gateway or DockerGateway(
+            config.docker.host, config.docker.timeout, pool_size=WORKERS
+        )
+        self._nvml = nvml or Nvml()
+        self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="gpuwatchd-io")
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._sigint_count = 0
+        self._stop_reason = "requested"
+        self._probe_slots = asyncio.Semaphore(MAX_CONCURRENT_PROBES)
+        self._restart_slots = asyncio.Semaphore(MAX_CONCURRENT_RESTARTS)
+        self._folder = RecordFolder(FOLD_INTERVAL)
+        self._core: Core | None = None
+        # The daemon's own view of the world, for followers and timers.
+        self._watched: dict[str, ContainerInfo] = {}
+        self._followers: dict[str, LogFollower] = {}
+        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._wakeups: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._restarts: set[asyncio.Task[Any]] = set()
+        self._docker_ok: bool | None = None
+        self._nvml_ok: bool | None = None
+        self._gpus: tuple[GpuInfo, ...] = ()
+        self._last_gpu_poll = 0.0
+        self._last_dispatch = time.monotonic()
+        self._events: EventWatcher | None = None
+        self._reload_stop = threading.Event()
+        self._reload_thread: threading.Thread | None = None
+        self._control: ControlServer | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._gpu_poller: asyncio.Task[None] | None = None
+        self.log_matches = 0  #: matches seen (benchmarks and metrics read it)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or :meth:`request_stop`); return the exit status."""
+        self._loop = asyncio.get_running_loop()
+        self._install_signal_handlers()
+        try:
+            await self._start()
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+            self._restore_signal_handlers()
+        return int(ExitCode.OK)
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read the configuration file (what SIGHUP does)."""
+        self._enqueue(_Reload())
+
+    async def _start(self) -> None:
+        config = self.config
+        state, warning = await self._blocking(load_state, state_path(config.daemon.state_dir))
+        self._core = Core(config, state, dry_run=config.daemon.dry_run)
+        self._record(
+            make_record(
+                "daemon_started",
+                dry_run=config.daemon.dry_run,
+                **self._started_fields(),
+            )
+        )
+        if warning:
+            self._record(make_record("state_file_invalid", reason=warning,
+                                     path=str(state_path(config.daemon.state_dir))))
+        for action in self._core.start(time.time()):
+            await self._start_action(action)
+        self._dispatcher = self._spawn(self._dispatch_forever(), "dispatcher")
+        self._control = ControlServer(config.daemon.runtime_dir, self._handle_control)
+        try:
+            await self._control.start()
+        except OSError as exc:
+            log.warning("control_socket_unavailable", error=str(exc))
+            self._control = None
+        self._events = EventWatcher(self._gateway, self._on_docker_event, self._on_docker_status)
+        self._events.start()
+        self._gpu_poller = self._spawn(self._poll_gpus_forever(), "gpu-poller")
+        self._start_reload_watch()
+        self._spawn(self._heartbeat_forever(), "heartbeat")
+        self._spawn(self._flush_folded_forever(), "folder")
+        # READY once everything is scheduled, not done: a slow engine must not
+        # hold start-up past systemd's TimeoutStartSec.
+        sdnotify.ready(self.status_line())
+
+    def _started_fields(self) -> dict[str, Any]:
+        # Only fields the catalogue allows for daemon_started are passed.
+        fields: dict[str, Any] = {"version": __version__}
+        if self.config.source is not None:
+            fields["config"] = str(self.config.source)
+        return fields
+
+    async def _shutdown(self) -> None:
+        sdnotify.stopping("stopping")
+        if self._core is not None:
+            self._record(make_record("daemon_stopping", dry_run=self.config.daemon.dry_run,
+                                     reason=self._stop_reason))
+        self._reload_stop.set()
+        if self._events is not None:
+            self._events.stop()
+        for follower in self._followers.values():
+            follower.stop()
+        for timer in self._timers.values():
+            timer.cancel()
+        for handle in self._wakeups:
+            handle.cancel()
+        # A restart already under way finishes (bounded) so it is recorded.
+        if self._restarts:
+            bound = max(self.config.for_container(t.get_name()).restart_timeout
+                        for t in self._restarts) + SHUTDOWN_GRACE
+            await asyncio.wait(self._restarts, timeout=bound)
+            await self._drain_queue()
+        for task in list(self._tasks):
+            task.cancel(msg="gpuwatchd is stopping")
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
+        for record in self._folder.flush():
+            write_record(record)
+        if self._control is not None:
+            await self._control.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._gateway.close()
+
+    async def _drain_queue(self) -> None:
+        while not self._queue.empty():
+            await self._handle_item(self._queue.get_nowait())
+
+    # -- signals ---------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+            loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        except (NotImplementedError, RuntimeError):
+            pass  # not the main thread (tests drive the daemon directly)
+
+    def _restore_signal_handlers(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+
+    def _on_sigint(self) -> None:
+        self._sigint_count += 1
+        if self._sigint_count > 1:
+            os._exit(int(ExitCode.PROBLEM))  # the operator insists: no more waiting
+        self.request_stop("SIGINT")
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        self._restarts.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("internal_error", task=task.get_name(), error=f"{type(exc).__name__}: {exc}")
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _enqueue(self, item: object) -> None:
+        """Thread-safe: observers on other threads call this."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.current_thread() is threading.main_thread() and _in_loop(loop):
+            self._queue.put_nowait(item)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop closed under us
+                loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def _record(self, record: Record) -> None:
+        for out in self._folder.offer(record, time.time()):
+            write_record(out)
+
+    async def _flush_folded_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for record in self._folder.due(time.time()):
+                write_record(record)
+
+    # -- the dispatcher ----------------------------------------------------------------
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            item = await self._queue.get()
+            self._last_dispatch = time.monotonic()
+            try:
+                await self._handle_item(item)
+            except Exception as exc:  # one bad item must not stop the daemon
+                log.error("internal_error", item=type(item).__name__,
+                          error=f"{type(exc).__name__}: {exc}")
+
+    async def _handle_item(self, item: object) -> None:
+        if isinstance(item, _DockerEvent):
+            await self._on_container_event(item.raw)
+        elif isinstance(item, _DockerStatus):
+            await self._on_docker_connection(item)
+        elif isinstance(item, _FollowerEnded):
+            await self._on_follower_ended(item)
+        elif isinstance(item, _Resync):
+            await self._resync(item.reason)
+        elif isinstance(item, _Reload):
+            await self._reload()
+        else:
+            await self._feed(item)  # type: ignore[arg-type]
+
+    async def _feed(self, event: Event) -> None:
+        assert self._core is not None
+        if isinstance(event, GpuSnapshot):
+            self._gpus = event.gpus
+        actions = self._core.handle(event, time.time())
+        for action in actions:
+            await self._start_action(action)
+
+    async def _start_action(self, action: Action) -> None:
+        if isinstance(action, Emit):
+            self._record(action.record)
+        elif isinstance(action, SaveState):
+            # Awaited in order: the budget is on disk before the restart starts.
+            try:
+                await self._blocking(
+                    save_state, state_path(self.config.daemon.state_dir), action.state
+                )
+            except OSError as exc:
+                self._record(make_record(
+                    "state_save_failed", error=str(exc),
+                    path=str(state_path(self.config.daemon.state_dir)),
+                ))
+        elif isinstance(action, RunProbe):
+            self._spawn(self._probe(action), f"probe-{action.ref.name}")
+        elif isinstance(action, SetPersistence):
+            self._spawn(self._set_persistence(action), "set-persistence")
+        elif isinstance(action, RestartContainer):
+            task = self._spawn(self._restart(action), action.ref.name)
+            self._restarts.add(task)
+        elif isinstance(action, ScheduleWakeup):
+            self._schedule(action.at, action.event)
+
+    def _schedule(self, at: float, event: DeadlineReached) -> None:
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._wakeups.discard(handle)
+            self._queue.put_nowait(event)
+
+        handle = loop.call_later(max(0.0, at - time.time()), fire)
+        self._wakeups.add(handle)
+
+    # -- actions -----------------------------------------------------------------------
+
+    async def _probe(self, action: RunProbe) -> None:
+        async with self._probe_slots:
+            try:
+                outcome = await self._blocking(
+                    self._gateway.exec_probe, action.ref.id, action.command, action.timeout
+                )
+            except DockerUnavailable as exc:
+                self._enqueue(_DockerStatus(False, str(exc)))
+                return
+        result = classify_probe(
+            outcome.exit_code, outcome.output,
+            timed_out=outcome.timed_out, exec_error=outcome.exec_error,
+        )
+        access: bool | None = None
+        if result.is_gpu_fault:
+            # Evidence for the cause, gathered now while it is fresh: the host's
+            # own NVML, and the container's device cgroup.
+            await self._poll_gpus_once()
+            info = await self._inspect(action.ref.id)
+            if info is not None:
+                access = await self._blocking(device_access_ok, info)
+        excerpt = outcome.output[:512].decode(errors="replace").strip()
+        if outcome.exec_error:
+            excerpt = excerpt or outcome.exec_error
+        self._enqueue(ProbeFinished(action.ref, action.purpose, result,
+                                    outcome.exit_code, excerpt, access))
+
+    async def _set_persistence(self, action: SetPersistence) -> None:
+        results = []
+        for index in action.gpu_indices:
+            uuid = next((g.uuid for g in self._gpus if g.index == index), "")
+            try:
+                await self._blocking(self._nvml.set_persistence, index, True)
+                results.append(PersistenceSetResult(index, True, uuid))
+            except NvmlError as exc:
+                hint = ": run gpuwatchd as root" if exc.kind == "no_permission" else ""
+                results.append(PersistenceSetResult(index, False, uuid, f"{exc}{hint}"))
+        self._enqueue(PersistenceSetFinished(tuple(results)))
+        await self._poll_gpus_once()  # show the new state right away
+
+    async def _restart(self, action: RestartContainer) -> None:
+        ref = action.ref
+        async with self._restart_slots:
+            info = await self._inspect(ref.id)
+            if info is None or info.status != "running":
+                # Never start what the operator stopped, never fight Docker.
+                state = _state(info) if info is not None else ContainerState.DEAD
+                self._enqueue(RestartFinished(ref, RestartOutcome.NOT_RUNNING, state=state))
+                return
+            try:
+                await self._blocking(self._gateway.restart, ref.id, action.timeout)
+                after = await self._inspect(ref.id)
+            except (docker.errors.APIError, DockerUnavailable) as exc:
+                self._enqueue(RestartFinished(ref, RestartOutcome.FAILED, error=_line(exc)))
+                return
+        if after is None:
+            self._enqueue(RestartFinished(ref, RestartOutcome.FAILED, error="container vanished"))
+            return
+        self._attach(after, since=after.started_at)
+        self._enqueue(RestartFinished(ref, RestartOutcome.RESTARTED, new_ref=_ref(after),
+                                      started_at=after.started_at, state=_state(after)))
+
+    async def _inspect(self, ref: str) -> ContainerInfo | None:
+        try:
+            return await self._blocking(self._gateway.inspect, ref)
+        except DockerUnavailable as exc:
+            self._enqueue(_DockerStatus(False, str(exc)))
+            return None
+
+    # -- Docker: events, watch set, followers, timers ----------------------------------
+
+    def _on_docker_event(self, raw: dict[str, Any]) -> None:
+        self._enqueue(_DockerEvent(raw))
+
+    def _on_docker_status(self, connected: bool, error: str | None) -> None:
+        self._enqueue(_DockerStatus(connected, error))
+
+    async def _on_docker_connection(self, status: _DockerStatus) -> None:
+        if status.connected == self._docker_ok:
+            return
+        self._docker_ok = status.connected
+        if status.connected:
+            await self._feed(DockerAvailable())
+            await self._resync("docker connected")
+        else:
+            await self._feed(DockerUnavailableEvent(status.error or ""))
+
+    async def _on_container_event(self, raw: dict[str, Any]) -> None:
+        action = str(raw.get("Action") or raw.get("status") or "")
+        cid = str(raw.get("id") or raw.get("Actor", {}).get("ID") or "")
+        if not cid:
+            return
+        if action == "destroy":
+            await self._forget(cid, "destroyed")
+            return
+        info = await self._inspect(cid)
+        if info is None:
+            await self._forget(cid, "destroyed")
+            return
+        await self._observe(info, reason=action)
+
+    async def _observe(self, info: ContainerInfo, reason: str) -> None:
+        """Bring followers, timers and the core in line with one container's state."""
+        known = self._watched.get(info.id)
+        if not is_watched(info, self.config.watch):
+            if known is not None:
+                await self._forget(info.id, f"no longer selected ({reason})")
+            return
+        if known is not None and known.name != info.name:
+            # Renamed: budgets are keyed by name, so the old name leaves the set.
+            await self._feed(ContainerUnwatched(_ref(known), "renamed"))
+        self._watched[info.id] = info
+        if info.status == "running":
+            restarted = known is None or known.started_at != info.started_at
+            # A new start: read from the start (nothing older can be in it);
+            # first attach to a running container: from now, never the past.
+            since = info.started_at if (known is not None and restarted) else time.time()
+            if known is None and reason == "start":
+                since = info.started_at
+            self._attach(info, since=since)
+            self._ensure_timer(info)
+        else:
+            self._detach(info.id)
+        if known is None or known.name != info.name:
+            await self._feed(ContainerWatched(_ref(info), _state(info), info.started_at,
+                                              info.labels))
+        else:
+            await self._feed(ContainerStateChanged(_ref(info), _state(info), info.started_at))
+
+    async def _forget(self, cid: str, reason: str) -> None:
+        self._detach(cid)
+        info = self._watched.pop(cid, None)
+        if info is not None:
+            await self._feed(ContainerUnwatched(_ref(info), reason))
+
+    async def _resync(self, reason: str) -> None:
+        try:
+            containers = await self._blocking(self._gateway.list_containers)
+        except DockerUnavailable as exc:
+            await self._on_docker_connection(_DockerStatus(False, str(exc)))
+            return
+        present = {info.id for info in containers}
+        for cid in list(self._watched):
+            if cid not in present:
+                await self._forget(cid, "destroyed")
+        for info in containers:
+            await self._observe(info, reason=reason)
+
+    def _attach(self, info: ContainerInfo, since: float) -> None:
+        current = self._followers.get(info.id)
+        if current is not None and current.alive and current.since >= since - 1e-6:
+            return  # already following this instance from early enough
+        if current is not None and current.alive and info.started_at <= current.since:
+            return
+        if current is not None:
+            current.stop()
+        follower = LogFollower(
+            self._gateway, info.id, info.name, since,
+            self.config.for_container(info.name).patterns,
+            self._on_log_match, self._on_follower_end,
+        )
+        self._followers[info.id] = follower
+        follower.start()
+
+    def _detach(self, cid: str) -> None:
+        follower = self._followers.pop(cid, None)
+        if follower is not None:
+            follower.stop()
+        timer = self._timers.pop(cid, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _on_log_match(self, match: LogMatch) -> None:
+        self.log_matches += 1
+        self._enqueue(LogMatched(ContainerRef(match.container_id, match.container_name),
+                                 match.pattern, match.line[:512]))
+
+    def _on_follower_end(self, cid: str, error: str | None) -> None:
+        self._enqueue(_FollowerEnded(cid, error))
+
+    async def _on_follower_ended(self, ended: _FollowerEnded) -> None:
+        follower = self._followers.get(ended.container_id)
+        if follower is None or follower.alive:
+            return
+        info = self._watched.get(ended.container_id)
+        if ended.error:
+            name = info.name if info else ended.container_id[:12]
+            log.warning("log_follow_failed", container=name,
+                        container_id=ended.container_id[:12], error=ended.error)
+            return  # e.g. an unreadable log driver: one warning, no retry storm
+        # The stream ended without error: the container stopped, or the engine
+        # went away; the event stream and resync take it from here.
+        del self._followers[ended.container_id]
+
+    def _ensure_timer(self, info: ContainerInfo) -> None:
+        timer = self._timers.get(info.id)
+        if timer is not None and not timer.done():
+            return
+        interval = self.config.for_container(info.name).probe_interval
+        ref = _ref(info)
+        self._timers[info.id] = self._spawn(self._probe_timer(ref, interval), f"timer-{info.name}")
+
+    async def _probe_timer(self, ref: ContainerRef, interval: float) -> None:
+        # A random phase spreads probes of many containers over the interval.
+        await asyncio.sleep(random.uniform(0, interval))
+        while True:
+            current = self._watched.get(ref.id)
+            name = current.name if current else ref.name
+            self._queue.put_nowait(ProbeTick(ContainerRef(ref.id, name)))
+            await asyncio.sleep(interval)
+
+    # -- GPUs -----------------------------------------------------------------------
+
+    async def _poll_gpus_forever(self) -> None:
+        failures = 0
+        while True:
+            ok = await self._poll_gpus_once()
+            failures = 0 if ok else failures + 1
+            interval = self.config.gpu.poll_interval
+            # Degraded: retry with backoff, capped at the normal interval.
+            delay = interval if ok else min(interval, 2.0 ** min(failures, 10))
+            await asyncio.sleep(delay)
+
+    async def _poll_gpus_once(self) -> bool:
+        try:
+            gpus = await self._blocking(self._nvml.read_gpus)
+        except NvmlError as exc:
+            self._last_gpu_poll = time.time()
+            reason = NvmlFailure(exc.kind) if exc.kind in NvmlFailure.__members__.values() \
+                else NvmlFailure.UNKNOWN
+            self._nvml_ok = False
+            self._queue.put_nowait(NvmlUnavailable(reason, str(exc)))
+            return False
+        self._last_gpu_poll = time.time()
+        self._nvml_ok = True
+        self._queue.put_nowait(
+            GpuSnapshot(tuple(GpuInfo(g.index, g.uuid, g.name, g.persistence) for g in gpus))
+        )
+        return True
+
+    # -- systemd ------------------------------------------------------------------------
+
+    def _start_reload_watch(self) -> None:
+        watcher = ReloadWatcher()
+        try:
+            watcher.open()
+        except ReloadWatchUnavailable as exc:
+            log.debug("systemd_reload_watch_unavailable", reason=str(exc))
+            return
+
+        def follow() -> None:
+            try:
+                for when in watcher.follow(self._reload_stop):
+                    self._enqueue(SystemdReloaded(when))
+            except ReloadWatchUnavailable as exc:
+                log.warning("systemd_reload_watch_failed", reason=str(exc))
+            finally:
+                watcher.close()
+
+        self._reload_thread = threading.Thread(target=follow, name="systemd-reloads",
+                                               daemon=True)
+        self._reload_thread.start()
+
+    async def _heartbeat_forever(self) -> None:
+        interval = sdnotify.watchdog_interval()
+        period = min(interval / 3, 5.0) if interval else 5.0
+        while True:
+            if interval is None or self._observers_alive():
+                sdnotify.notify(f"WATCHDOG=1\nSTATUS={self.status_line()}"
+                                if interval else f"STATUS={self.status_line()}")
+            await asyncio.sleep(period)
+
+    def _observers_alive(self) -> bool:
+        """True when every observer is alive; a stuck one stops the heartbeat."""
+        if self._dispatcher is None or self._dispatcher.done():
+            return False
+        if self._gpu_poller is None or self._gpu_poller.done():
+            return False
+        if self._events is None or not self._events.alive:
+            return False
+        # The GPU poller must have come back recently (an NVML call that hangs
+        # forever blocks a worker and shows up here).
+        bound = self.config.gpu.poll_interval * 2 + 60.0
+        if self._last_gpu_poll and time.time() - self._last_gpu_poll > bound:
+            return False
+        # The dispatcher must not be stuck on one item while work waits.
+        return not (self._queue.qsize() > 0 and time.monotonic() - self._last_dispatch > 60.0)
+
+    def status_line(self) -> str:
+        """The one-line STATUS= text for ``systemctl status``."""
+        persistent = sum(1 for g in self._gpus if g.persistence)
+        restarts = 0
+        if self._core is not None:
+            snap = self._core.snapshot(time.time())
+            restarts = sum(c.restarts_in_window for c in snap.containers)
+        parts = [f"watching {len(self._watched)} containers",
+                 f"{persistent}/{len(self._gpus)} GPUs persistent",
+                 f"{restarts} restarts in the window"]
+        if self._docker_ok is False:
+            parts.append("DEGRADED: docker unavailable")
+        if self._nvml_ok is False:
+            parts.append("DEGRADED: NVML unavailable")
+        if self.config.daemon.dry_run:
+            parts.append("dry run")
+        return ", ".join(parts)
+
+    # -- reload ---------------------------------------------------------------------------
+
+    async def _reload(self) -> None:
+        sdnotify.reloading("reloading configuration")
+        source = self.config.source
+        try:
+            if source is None:
+                raise ConfigError("no configuration file to reload")
+            new = await self._blocking(lambda: load_config(source, check_owner=True))
+        except ConfigError as exc:
+            self._record(make_record("config_reload_failed", error=str(exc),
+                                     config=str(source) if source else None))
+            sdnotify.ready(self.status_line())
+            return
+        if self._force_dry_run and not new.daemon.dry_run:
+            new = replace(new, daemon=replace(new.daemon, dry_run=True))
+        self.config = new
+        await self._feed(ConfigChanged(new))
+        for cid, follower in self._followers.items():
+            info = self._watched.get(cid)
+            if info is not None:
+                follower.patterns = new.for_container(info.name).patterns
+        await self._resync("config reloaded")
+        self._record(make_record("config_reloaded", config=str(source)))
+        sdnotify.ready(self.status_line())
+
+    # -- control channel ------------------------------------------------------------------
+
+    async def _handle_control(self, request: dict[str, Any]) -> Any:
+        command = request.get("command")
+        container = request.get("container")
+        if container is not None and not isinstance(container, str):
+            raise ControlError("container must be a name")
+        if command == "status":
+            return self.status_document()
+        if command == "reset":
+            self._queue.put_nowait(ResetRequested(container))
+            return {"reset": container or "all"}
+        if command == "pause":
+            duration = request.get("for")
+            if duration is not None and (not isinstance(duration, int | float) or duration <= 0):
+                raise ControlError("'for' must be a positive number of seconds")
+            until = None if duration is None else time.time() + float(duration)
+            self._queue.put_nowait(PauseRequested(container, until))
+            return {"paused": container or "all", "until": until}
+        if command == "resume":
+            self._queue.put_nowait(ResumeRequested(container))
+            return {"resumed": container or "all"}
+        raise ControlError(f"unknown command {command!r}")
+
+    def status_document(self) -> dict[str, Any]:
+        """What ``gpuwatchd status`` shows, as plain JSON data."""
+        assert self._core is not None
+        now = time.time()
+        snap = self._core.snapshot(now)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(now - self.started_at, 3),
+            "dry_run": self.config.daemon.dry_run,
+            "docker_available": self._docker_ok,
+            "nvml_available": self._nvml_ok,
+            "status": self.status_line(),
+            "core": snap.to_json() if hasattr(snap, "to_json") else _plain(snap),
+        }
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, enums, tuples and mappings as JSON-ready data."""
+    from dataclasses import fields, is_dataclass
+    from enum import Enum
+
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _line(exc: BaseException) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    return " ".join(str(text).split())
+
+
+def run_daemon(
+    config: Config, *, log_format: LogFormat | None = None, force_dry_run: bool = False
+) -> int:
+    """Configure logging and run the daemon in a fresh event loop until stopped.
+
+    ``force_dry_run`` (``--dry-run``) keeps dry run on across config reloads.
+    """
+    configure_logging(log_format)
+    try:
+        return asyncio.run(Daemon(config, force_dry_run=force_dry_run).run())
+    except KeyboardInterrupt:
+        return int(ExitCode.OK)
+
+
+__all__ = ["Daemon", "ProbeResult", "run_daemon"]

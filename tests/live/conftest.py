@@ -1,0 +1,81 @@
+"""Fixtures for end-to-end tests: the real daemon against the real engine and the bench."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.bench.gpu import GpuController
+from tests.live.daemon_process import DaemonProcess
+
+Sections = dict[str, dict[str, Any]]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def render_toml(sections: Sections) -> str:
+    """A config file from ``{"section": {"key": value}}`` (dotted section names allowed)."""
+    out = []
+    for section, keys in sections.items():
+        out.append(f"[{section}]")
+        out += [f"{key} = {_toml_value(value)}" for key, value in keys.items()]
+        out.append("")
+    return "\n".join(out)
+
+
+@pytest.fixture
+def watch_label() -> str:
+    """A label selector unique to this test, so no other container is ever watched."""
+    return f"gwd-live-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def start_daemon(
+    tmp_path: Path, gpu: GpuController, watch_label: str
+) -> Iterator[Callable[..., DaemonProcess]]:
+    """Start ``gpuwatchd run --log-format json`` as a real subprocess.
+
+    Defaults: the daemon's own defaults, except state and runtime directories
+    under tmp_path and a watch set of containers labelled ``<watch_label>=1``.
+    Every process is stopped (SIGTERM, then SIGKILL) at teardown.
+    """
+    procs: list[DaemonProcess] = []
+
+    def start(sections: Sections | None = None, *args: str,
+              env: dict[str, str] | None = None) -> DaemonProcess:
+        merged: Sections = {
+            "daemon": {"state_dir": str(tmp_path / "state"),
+                       "runtime_dir": str(tmp_path / "run")},
+            "watch": {"labels": [f"{watch_label}=1"]},
+        }
+        for section, keys in (sections or {}).items():
+            merged.setdefault(section, {}).update(keys)
+        path = tmp_path / "config.toml"
+        path.write_text(render_toml(merged))
+        path.chmod(0o600)
+        proc = DaemonProcess(path, {**gpu.env(), **(env or {})}, *args)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def watched(watch_label: str) -> dict[str, str]:
+    """The labels that put a container in the test daemon's watch set."""
+    return {watch_label: "1"}
