@@ -188,6 +188,9 @@ class Daemon:
         self._dispatcher: asyncio.Task[None] | None = None
         self._gpu_poller: asyncio.Task[None] | None = None
         self.log_matches = 0  #: matches seen (benchmarks and metrics read it)
+        #: Called on the event loop with every record written (after folding):
+        #: notifications and metrics hang here. Must not block.
+        self.record_listeners: list[Callable[[Record], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -278,7 +281,7 @@ class Daemon:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5.0)
         for record in self._folder.flush():
-            write_record(record)
+            self._write(record)
         if self._control is not None:
             await self._control.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -345,13 +348,21 @@ class Daemon:
 
     def _record(self, record: Record) -> None:
         for out in self._folder.offer(record, time.time()):
-            write_record(out)
+            self._write(out)
+
+    def _write(self, record: Record) -> None:
+        write_record(record)
+        for listener in self.record_listeners:
+            try:
+                listener(record)
+            except Exception as exc:  # a broken listener must not lose the next record
+                log.error("internal_error", listener=repr(listener), error=str(exc))
 
     async def _flush_folded_forever(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             for record in self._folder.due(time.time()):
-                write_record(record)
+                self._write(record)
 
     # -- the dispatcher ----------------------------------------------------------------
 
@@ -753,7 +764,6 @@ class Daemon:
             if info is not None:
                 follower.patterns = new.for_container(info.name).patterns
         await self._resync("config reloaded")
-        self._record(make_record("config_reloaded", config=str(source)))
         sdnotify.ready(self.status_line())
 
     # -- control channel ------------------------------------------------------------------
