@@ -191,6 +191,155 @@ def check_config_command(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# Talking to the running daemon: status, reset, pause, resume
+
+
+def runtime_dir_from_args(args: argparse.Namespace) -> Path:
+    """The daemon's runtime directory (where its control socket is).
+
+    Read from the configuration without the owner check (any reader may ask);
+    when no ``--config`` was given and the default file does not exist, the
+    default runtime directory (``/run/gpuwatchd``).
+
+    Raises:
+        ConfigError: a configuration file that exists (or was named) is unusable.
+    """
+    from gpuwatchd.config import DaemonConfig
+
+    if args.config is None and not os.path.lexists(default_config_path()):
+        return DaemonConfig().runtime_dir
+    return load_from_args(args, check_owner=False).daemon.runtime_dir
+
+
+def _control(args: argparse.Namespace, payload: dict[str, Any]) -> tuple[int, Any]:
+    """Send ``payload``; (OK, result), or one line on stderr and (NO_DAEMON | PROBLEM, None)."""
+    from gpuwatchd.control import ControlError, NoDaemon, request
+
+    try:
+        return ExitCode.OK, request(runtime_dir_from_args(args), payload)
+    except NoDaemon as e:
+        _say(f"{e}: is gpuwatchd running? (systemctl status gpuwatchd)")
+        return ExitCode.NO_DAEMON, None
+    except ControlError as e:
+        _say(f"the daemon refused: {e}")
+        return ExitCode.PROBLEM, None
+    except OSError as e:
+        _say(f"cannot talk to the daemon: {e.strerror or e}")
+        return ExitCode.NO_DAEMON, None
+
+
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    config_argument(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print the daemon's status as one JSON document")
+
+
+@subcommand(
+    "status",
+    help="show the running daemon's view: GPUs, watched containers, budgets, pauses",
+    description="Ask the running daemon (through its control socket in daemon.runtime_dir, "
+    "default /run/gpuwatchd; root only) for its state: each GPU's persistence mode and when "
+    "it was last checked; each watched container's last probe, restarts in the window, "
+    "given up or paused; uptime, dry run, degraded conditions. Exit 3 when no daemon answers.",
+    arguments=[_status_arguments],
+)
+def status_command(args: argparse.Namespace) -> int:
+    """Print the daemon's status for people, or as JSON with ``--json``."""
+    import json
+    import time
+
+    from gpuwatchd.status_view import render_status
+
+    code, result = _control(args, {"command": "status"})
+    if code != ExitCode.OK:
+        return code
+    if not isinstance(result, dict):
+        _say("the daemon sent an unexpected status answer")
+        return ExitCode.PROBLEM
+    if args.json:
+        _write_stdout(json.dumps(result, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    else:
+        _write_stdout(render_status(result, time.time()))
+    return ExitCode.OK
+
+
+def _target_argument(parser: argparse.ArgumentParser) -> None:
+    config_argument(parser)
+    parser.add_argument("container", nargs="?", default=None, metavar="CONTAINER",
+                        help="a watched container's name (default: every container)")
+
+
+def _duration(text: str) -> float:
+    from gpuwatchd.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _pause_arguments(parser: argparse.ArgumentParser) -> None:
+    _target_argument(parser)
+    parser.add_argument("--for", dest="duration", type=_duration, default=None,
+                        metavar="DURATION",
+                        help='resume by itself after DURATION ("30m", "1h", "90s"); '
+                        "default: until `gpuwatchd resume`")
+
+
+def _who(container: str | None) -> str:
+    return container if container else "every container"
+
+
+def _send(args: argparse.Namespace, payload: dict[str, Any], done: str) -> int:
+    code, _result = _control(args, payload)
+    if code == ExitCode.OK:
+        _write_stdout(done + "\n")
+    return code
+
+
+@subcommand(
+    "reset",
+    help="re-arm a given-up container: clear its restart budget",
+    description="Clear the restart budget and give-up of CONTAINER (default: every "
+    "container), so gpuwatchd may restart it again. Recorded as operator_reset.",
+    arguments=[_target_argument],
+)
+def reset_command(args: argparse.Namespace) -> int:
+    """Send ``reset``."""
+    return _send(args, {"command": "reset", "container": args.container},
+                 f"reset {_who(args.container)}: restart budget cleared, remediation re-armed")
+
+
+@subcommand(
+    "pause",
+    help="stop remediation (for a driver upgrade or maintenance); probes go on",
+    description="Stop remediation of CONTAINER (default: every container) until "
+    "`gpuwatchd resume`, or for DURATION with --for. Probes and records go on; "
+    "faults found meanwhile are recorded as remediation_skipped (reason paused).",
+    arguments=[_pause_arguments],
+)
+def pause_command(args: argparse.Namespace) -> int:
+    """Send ``pause``, with ``for`` in seconds when ``--for`` is given."""
+    from gpuwatchd.status_view import format_age
+
+    span = f" for {format_age(args.duration)}" if args.duration else " until resumed"
+    return _send(args, {"command": "pause", "container": args.container, "for": args.duration},
+                 f"paused remediation of {_who(args.container)}{span}")
+
+
+@subcommand(
+    "resume",
+    help="resume remediation stopped by `gpuwatchd pause`",
+    description="Resume remediation of CONTAINER (default: every paused container).",
+    arguments=[_target_argument],
+)
+def resume_command(args: argparse.Namespace) -> int:
+    """Send ``resume``."""
+    return _send(args, {"command": "resume", "container": args.container},
+                 f"resumed remediation of {_who(args.container)}")
+
+
+# --------------------------------------------------------------------------
 # The parser and the entry point
 
 _EPILOG = f"""\

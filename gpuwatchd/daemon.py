@@ -78,6 +78,8 @@ from gpuwatchd.events import DockerUnavailable as DockerUnavailableEvent
 from gpuwatchd.exitcodes import ExitCode
 from gpuwatchd.log import LogFormat, configure_logging, write_record
 from gpuwatchd.log_follower import LogFollower, LogMatch
+from gpuwatchd.metrics import Metrics
+from gpuwatchd.notify import Notifier
 from gpuwatchd.nvml import Nvml
 from gpuwatchd.nvml import NvmlFailure as NvmlError
 from gpuwatchd.records import Record, RecordFolder, make_record
@@ -220,6 +222,10 @@ class Daemon:
         config = self.config
         state, warning = await self._blocking(load_state, state_path(config.daemon.state_dir))
         self._core = Core(config, state, dry_run=config.daemon.dry_run)
+        # Notifications follow reloads (the lambda reads the config in force).
+        self.record_listeners.append(Notifier(lambda: self.config.notify, self._record).on_record)
+        if config.metrics.listen:
+            await self._start_metrics(config.metrics.listen)
         self._record(
             make_record(
                 "daemon_started",
@@ -248,6 +254,17 @@ class Daemon:
         # READY once everything is scheduled, not done: a slow engine must not
         # hold start-up past systemd's TimeoutStartSec.
         sdnotify.ready(self.status_line())
+
+    async def _start_metrics(self, listen: str) -> None:
+        # A metrics address that cannot be bound costs the metrics, not the watchdog.
+        metrics = Metrics(self.status_document)
+        try:
+            await self._blocking(metrics.serve, listen)
+        except (OSError, ValueError) as exc:
+            log.warning("metrics_unavailable", listen=listen, error=str(exc))
+            return
+        self.record_listeners.append(metrics.on_record)
+        self._spawn(metrics.refresh_forever(), "metrics")
 
     def _started_fields(self) -> dict[str, Any]:
         # Only fields the catalogue allows for daemon_started are passed.

@@ -1,0 +1,148 @@
+"""``gpuwatchd status`` for people: the daemon's status document as a few tables.
+
+Pure functions of the document (``Daemon.status_document()``, as the control
+socket returns it) and the current time, so they are tested without a daemon.
+Fields the document lacks are shown as ``-``; nothing here raises for a
+document from an older or newer daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+NONE = "-"
+
+
+def format_age(seconds: float) -> str:
+    """``42s``, ``5m 3s``, ``2h 10m``, ``3d 4h``: an age or duration, two units at most."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def format_when(at: float | None, now: float) -> str:
+    """``12s ago (14:03:07)``; local wall-clock time, with the date when not today."""
+    if at is None:
+        return "never"
+    when = datetime.fromtimestamp(at)
+    today = datetime.fromtimestamp(now).date()
+    clock = when.strftime("%H:%M:%S") if when.date() == today else when.strftime("%Y-%m-%d %H:%M")
+    delta = now - at
+    if delta >= 0:
+        return f"{format_age(delta)} ago ({clock})"
+    return f"in {format_age(-delta)} ({clock})"
+
+
+def format_until(until: float | None, now: float) -> str:
+    """``until 15:00:00 (56m 53s left)``, or ``until resumed`` when it has no end."""
+    if until is None:
+        return "until resumed"
+    when = datetime.fromtimestamp(until)
+    same_day = when.date() == datetime.fromtimestamp(now).date()
+    clock = when.strftime("%H:%M:%S") if same_day else when.strftime("%Y-%m-%d %H:%M")
+    return f"until {clock} ({format_age(until - now)} left)"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def _container_state(c: Mapping[str, Any], now: float) -> str:
+    words = [str(c.get("state") or NONE)]
+    if c.get("given_up_at") is not None:
+        until = c.get("given_up_until")
+        words.append("GIVEN UP" + (f" (re-armed {format_when(until, now)})" if until else "")
+                     + ": run `gpuwatchd reset " + str(c.get("name")) + "` once fixed")
+    if c.get("paused"):
+        words.append("PAUSED " + format_until(c.get("paused_until"), now))
+    if c.get("remediation"):
+        cause = c.get("cause")
+        words.append(f"remediating: {c['remediation']}" + (f" (cause {cause})" if cause else ""))
+    if c.get("orchestrated"):
+        words.append("orchestrated: never restarted")
+    return ", ".join(words)
+
+
+def degraded(doc: Mapping[str, Any]) -> list[str]:
+    """The degraded conditions, one phrase each (empty when none)."""
+    core: Mapping[str, Any] = doc.get("core") or {}
+    out = []
+    if doc.get("docker_available") is False or core.get("docker_unavailable"):
+        error = core.get("docker_unavailable")
+        out.append("Docker unavailable" + (f" ({error})" if error else ""))
+    if doc.get("nvml_available") is False or core.get("nvml_unavailable"):
+        reason = core.get("nvml_unavailable")
+        out.append("host NVML unavailable" + (f" ({reason})" if reason else ""))
+    return out
+
+
+def render_status(doc: Mapping[str, Any], now: float) -> str:
+    """The status document as text for a terminal (ends with a newline)."""
+    core: Mapping[str, Any] = doc.get("core") or {}
+    uptime = doc.get("uptime")
+    mode = "DRY RUN (records decisions, changes nothing)" if doc.get("dry_run") else "active"
+    lines = [
+        f"gpuwatchd {doc.get('version', '?')} (pid {doc.get('pid', '?')}), "
+        f"up {format_age(float(uptime)) if uptime is not None else NONE}, mode: {mode}",
+    ]
+    problems = degraded(doc)
+    lines.append("degraded: " + "; ".join(problems) if problems else "degraded: no")
+    if core.get("paused_all"):
+        lines.append("remediation PAUSED for every container "
+                     + format_until(core.get("paused_all_until"), now))
+
+    gpus: Sequence[Mapping[str, Any]] = core.get("gpus") or ()
+    lines += ["", "GPUs:"]
+    if gpus:
+        lines += _table(
+            ("GPU", "NAME", "UUID", "PERSISTENCE", "CHECKED"),
+            [
+                (
+                    str(g.get("index", NONE)),
+                    str(g.get("name") or NONE),
+                    str(g.get("uuid") or NONE),
+                    "on" if g.get("persistence") else "OFF",
+                    format_when(g.get("last_checked"), now),
+                )
+                for g in gpus
+            ],
+        )
+    else:
+        lines.append("  none seen yet" if not problems else "  none (see degraded)")
+
+    containers: Sequence[Mapping[str, Any]] = core.get("containers") or ()
+    lines += ["", "Watched containers:"]
+    if containers:
+        lines += _table(
+            ("CONTAINER", "LAST PROBE", "PROBED", "RESTARTS IN WINDOW", "STATE"),
+            [
+                (
+                    str(c.get("name") or NONE),
+                    str(c.get("last_probe_result") or NONE),
+                    format_when(c.get("last_probe_at"), now),
+                    str(c.get("restarts_in_window", NONE)),
+                    _container_state(c, now),
+                )
+                for c in containers
+            ],
+        )
+    else:
+        lines.append("  none (check [watch] in the configuration)")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["degraded", "format_age", "format_until", "format_when", "render_status"]
