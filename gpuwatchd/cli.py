@@ -340,6 +340,66 @@ def resume_command(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------
+# diagnose: the field report's investigation in one command
+
+
+def _diagnose_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("containers", nargs="*", metavar="CONTAINER",
+                        help="containers to examine (default: every watched container)")
+    config_argument(parser)
+    parser.add_argument("--json", action="store_true",
+                        help="print the diagnosis as one JSON document")
+
+
+def diagnose_config(args: argparse.Namespace) -> Config:
+    """The configuration for ``diagnose``: read without the owner check (it changes
+    nothing); every default when no ``--config`` was given and the default file
+    does not exist.
+
+    Raises:
+        ConfigError: a file that exists, or was named with ``--config``, is unusable.
+    """
+    if args.config is None and not os.path.lexists(default_config_path()):
+        return Config()
+    return load_from_args(args, check_owner=False)
+
+
+@subcommand(
+    "diagnose",
+    help="find out why NVML fails in a container, and print the fix (changes nothing)",
+    description="Run the field report's investigation and name the cause: each container's "
+    "recent logs against its patterns, the in-container NVML check, the host's NVML "
+    "(driver, GPUs, persistence mode), nvidia-persistenced's flags, Docker's cgroup driver "
+    "and how the container got its GPUs. Prints the verdict, its evidence and the commands "
+    "that fix it now and for good. With no CONTAINER, every watched container. Read-only. "
+    "Exit 0 healthy, 1 a problem found, 4 could not check (Docker or host NVML unavailable, "
+    "a container not running or without nvidia-smi), 2 no such container.",
+    arguments=[_diagnose_arguments],
+)
+def diagnose_command(args: argparse.Namespace) -> int:
+    """Gather the facts, judge them, print the diagnosis; the exit status is its verdict."""
+    import json
+
+    from gpuwatchd.diagnose import diagnose, render_text, to_json
+    from gpuwatchd.host_context import NoSuchContainer, gather
+
+    config = diagnose_config(args)
+    try:
+        result = diagnose(gather(config, args.containers))
+    except NoSuchContainer as e:
+        _say(f"no such container: {e}")
+        return ExitCode.USAGE
+    if args.json:
+        _write_stdout(json.dumps(to_json(result), indent=2, ensure_ascii=False) + "\n")
+    else:
+        try:
+            _write_stdout(render_text(result))
+        except UnicodeEncodeError:
+            _write_stdout(render_text(result).encode("ascii", "backslashreplace").decode())
+    return int(result.exit_code)
+
+
+# --------------------------------------------------------------------------
 # The parser and the entry point
 
 _EPILOG = f"""\

@@ -236,6 +236,39 @@ class DockerGateway:
         except DockerError as exc:
             raise DockerUnavailable(_one_line(exc)) from exc
 
+    def inspect_attrs(self, ref: str) -> dict[str, Any] | None:
+        """The raw ``docker inspect`` data of one container; None when it does not exist.
+
+        Raises:
+            DockerUnavailable: the engine did not answer.
+        """
+        try:
+            return dict(self._client.api.inspect_container(ref))
+        except docker.errors.NotFound:
+            return None
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+
+    def recent_logs(self, ref: str, since: float, tail: int) -> bytes:
+        """At most the last ``tail`` lines of stdout and stderr since ``since`` (epoch
+        seconds), each prefixed with Docker's RFC 3339 timestamp and a space.
+
+        Raises:
+            DockerUnavailable: the engine did not answer.
+            docker.errors.APIError: the engine refused (e.g. a log driver that
+                cannot be read back, or the container is gone).
+        """
+        try:
+            data = self._client.api.logs(
+                ref, stdout=True, stderr=True, stream=False, timestamps=True,
+                since=int(since), tail=tail,
+            )
+        except docker.errors.APIError:
+            raise
+        except DockerError as exc:
+            raise DockerUnavailable(_one_line(exc)) from exc
+        return bytes(data)
+
     def restart(self, ref: str, stop_timeout: float) -> None:
         """``docker restart`` with ``stop_timeout`` as the stop grace period."""
         try:

@@ -1,0 +1,411 @@
+"""Gather the facts ``gpuwatchd diagnose`` judges: blocking, read-only I/O.
+
+Nothing here changes anything: it reads NVML, ``docker inspect``/``logs``/
+``info``, runs the configured in-container probe (the same check as the
+daemon), reads ``/proc`` and asks ``systemctl show``. Every reader degrades to
+"unknown" (None) instead of raising, except :func:`gather`, which raises
+:class:`~gpuwatchd.docker_io.DockerUnavailable` never either: an engine that
+does not answer becomes ``DockerFacts(available=False)``.
+
+The places it reads are parameters, so tests can point them at a fake process
+tree or a fake ``systemctl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from gpuwatchd.classify import classify_probe, summarize_output
+from gpuwatchd.config import Config
+from gpuwatchd.diagnose import (
+    GPU_CDI,
+    GPU_DEVICE,
+    GPU_LEGACY_HOOK,
+    GPU_NVIDIA_RUNTIME,
+    ContainerFacts,
+    DockerFacts,
+    Facts,
+    GpuFact,
+    HostFacts,
+    LogFacts,
+    NvmlFacts,
+    PersistencedFacts,
+    ProbeFacts,
+)
+from gpuwatchd.docker_io import (
+    ContainerInfo,
+    DockerGateway,
+    DockerUnavailable,
+    container_info,
+    device_access_ok,
+    parse_docker_time,
+)
+from gpuwatchd.patterns import first_match
+
+PERSISTENCED = "nvidia-persistenced"
+#: How far back the logs are read, and at most how many lines.
+LOG_WINDOW = 24 * 3600.0
+LOG_TAIL = 500
+#: Where the NVIDIA user-space library lives on Debian/Ubuntu and RHEL-likes.
+LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib/aarch64-linux-gnu", "usr/lib")
+_LIB_VERSION = re.compile(r"^libnvidia-ml\.so\.(\d+\.\d+(?:\.\d+)?)$")
+_MODULE_VERSION = re.compile(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)")
+_DRIVER_VERSION = re.compile(r"Driver Version:\s*(\d+\.\d+(?:\.\d+)?)")
+#: A bound on the one external command run (systemctl show).
+SYSTEMCTL_TIMEOUT = 5.0
+
+
+# --------------------------------------------------------------------------
+# nvidia-persistenced
+
+
+def find_process(name: str, proc: Path = Path("/proc")) -> tuple[int, tuple[str, ...]] | None:
+    """The lowest PID whose ``argv[0]`` base name (or ``comm``) is ``name``, with its argv."""
+    found: list[tuple[int, tuple[str, ...]]] = []
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile, or a kernel thread we may not read
+        parts = raw.split(b"\0")
+        if parts and not parts[-1]:
+            parts.pop()  # the usual trailing NUL
+        argv = tuple(a.decode(errors="replace") for a in parts)
+        comm = ""
+        with contextlib.suppress(OSError):
+            comm = (entry / "comm").read_text().strip()
+        # comm is cut at 15 characters: "nvidia-persiste".
+        if (argv and os.path.basename(argv[0]) == name) or (comm and comm == name[:15]):
+            found.append((int(entry.name), argv))
+    return min(found) if found else None
+
+
+def parse_exec_start(value: str) -> tuple[str, ...]:
+    """The command line in ``systemctl show -p ExecStart`` output (``argv[]=... ;``)."""
+    match = re.search(r"argv\[\]=(.*?) ;", value)
+    return tuple(match.group(1).split()) if match else ()
+
+
+def persistenced_facts(
+    proc: Path = Path("/proc"),
+    systemctl: Sequence[str] = ("systemctl",),
+    systemd_run_dir: Path = Path("/run/systemd/system"),
+) -> PersistencedFacts:
+    """Whether ``nvidia-persistenced`` runs, with which flags, and what its unit starts.
+
+    The unit is asked about only when systemd is the init (``systemd_run_dir``
+    exists, as ``sd_booted()`` checks); a failing ``systemctl`` leaves the unit
+    fields unknown.
+    """
+    running = find_process(PERSISTENCED, proc)
+    unit_state: str | None = None
+    unit_argv: tuple[str, ...] = ()
+    if systemd_run_dir.is_dir():
+        try:
+            shown = subprocess.run(
+                [*systemctl, "show", f"{PERSISTENCED}.service",
+                 "-p", "ExecStart", "-p", "ActiveState", "-p", "LoadState"],
+                capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT, check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            shown = None
+        if shown is not None and shown.returncode == 0:
+            props = dict(line.split("=", 1) for line in shown.stdout.splitlines() if "=" in line)
+            if props.get("LoadState", "loaded") != "not-found":
+                unit_state = props.get("ActiveState") or None
+                unit_argv = parse_exec_start(props.get("ExecStart", ""))
+    return PersistencedFacts(
+        running=running is not None,
+        pid=running[0] if running else None,
+        argv=running[1] if running else (),
+        unit_state=unit_state,
+        unit_argv=unit_argv,
+    )
+
+
+# --------------------------------------------------------------------------
+# Host readers
+
+
+def last_systemd_reload(journal_path: str | None = None) -> float | None:
+    """When PID 1 last logged a daemon-reload (epoch seconds); None when unknown."""
+    try:
+        from systemd import journal
+    except ImportError:
+        return None
+    from gpuwatchd.reload_watch import RELOAD_MESSAGES
+
+    try:
+        if journal_path is not None:
+            reader = journal.Reader(path=journal_path)
+        else:
+            reader = journal.Reader(flags=journal.SYSTEM_ONLY | journal.LOCAL_ONLY)
+        try:
+            reader.add_match(_PID="1")
+            for message in sorted(RELOAD_MESSAGES):
+                reader.add_match(MESSAGE=message)
+            reader.seek_tail()
+            entry = reader.get_previous()
+        finally:
+            reader.close()
+    except OSError:
+        return None
+    if not entry:
+        return None
+    stamp = entry.get("__REALTIME_TIMESTAMP")
+    return stamp.timestamp() if hasattr(stamp, "timestamp") else None
+
+
+def kernel_module_version(proc: Path = Path("/proc")) -> str | None:
+    """The loaded NVIDIA kernel module's version from ``/proc/driver/nvidia/version``."""
+    try:
+        text = (proc / "driver" / "nvidia" / "version").read_text()
+    except OSError:
+        return None
+    match = _MODULE_VERSION.search(text)
+    return match.group(1) if match else None
+
+
+def library_version(root: Path) -> str | None:
+    """The version in the name of the ``libnvidia-ml.so.VERSION`` under ``root``."""
+    for lib_dir in LIB_DIRS:
+        try:
+            names = os.listdir(root / lib_dir)
+        except OSError:
+            continue
+        for name in sorted(names):
+            match = _LIB_VERSION.match(name)
+            if match:
+                return match.group(1)
+    return None
+
+
+def nvml_facts() -> NvmlFacts:
+    """The host's NVML (through :class:`gpuwatchd.nvml.Nvml`), or why it failed."""
+    try:
+        from gpuwatchd.nvml import Nvml, NvmlFailure
+    except ImportError as exc:  # pynvml missing: as good as no library
+        return NvmlFacts(failure="library_missing", error=str(exc))
+    try:
+        info = Nvml().host_info()
+    except NvmlFailure as exc:
+        return NvmlFacts(failure=exc.kind, error=str(exc))
+    gpus = tuple(GpuFact(g.index, g.uuid, g.name, g.persistence) for g in info.gpus)
+    return NvmlFacts(driver_version=info.driver_version, gpus=gpus)
+
+
+def docker_facts(gateway: DockerGateway) -> DockerFacts:
+    """The engine's cgroup driver and version, or why it did not answer."""
+    try:
+        info = gateway.info()
+    except DockerUnavailable as exc:
+        return DockerFacts(available=False, error=str(exc))
+    return DockerFacts(
+        cgroup_driver=_str_or_none(info.get("CgroupDriver")),
+        cgroup_version=_str_or_none(info.get("CgroupVersion")),
+        default_runtime=_str_or_none(info.get("DefaultRuntime")),
+    )
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+# --------------------------------------------------------------------------
+# Containers
+
+
+def gpu_methods(attrs: Mapping[str, Any], default_runtime: str | None = None) -> tuple[str, ...]:
+    """How the container was given its GPUs, from ``docker inspect`` data (pure)."""
+    host = attrs.get("HostConfig") or {}
+    config = attrs.get("Config") or {}
+    methods: list[str] = []
+    for req in host.get("DeviceRequests") or []:
+        ids = [str(i) for i in (req.get("DeviceIDs") or [])]
+        if req.get("Driver") == "cdi" or any("=" in i and "/" in i for i in ids):
+            methods.append(GPU_CDI)
+        elif req.get("Driver") == "nvidia" or any(
+            "gpu" in caps for caps in (req.get("Capabilities") or [])
+        ):
+            methods.append(GPU_LEGACY_HOOK)
+    annotations = host.get("Annotations") or {}
+    if any(str(k).startswith("cdi.k8s.io/") for k in annotations):
+        methods.append(GPU_CDI)
+    env = {k: v for k, _, v in (str(e).partition("=") for e in config.get("Env") or [])}
+    visible = env.get("NVIDIA_VISIBLE_DEVICES", "").strip().lower()
+    runtime = host.get("Runtime") or default_runtime
+    if runtime == "nvidia" and (host.get("Runtime") == "nvidia" or visible not in ("", "void")):
+        methods.append(GPU_NVIDIA_RUNTIME)
+    devices = host.get("Devices") or []
+    if any(str(d.get("PathInContainer", "")).startswith("/dev/nvidia") for d in devices):
+        methods.append(GPU_DEVICE)
+    return tuple(dict.fromkeys(methods))
+
+
+def scan_logs(raw: bytes, patterns: Sequence[Any], started_at: float) -> LogFacts:
+    """Match timestamped ``docker logs`` output against the patterns (pure)."""
+    scanned = matches = since = 0
+    last_line: str | None = None
+    last_at: float | None = None
+    for line in raw.decode("utf-8", errors="replace").splitlines():
+        stamp, _, text = line.partition(" ")
+        scanned += 1
+        if first_match(tuple(patterns), text) is None:
+            continue
+        matches += 1
+        try:
+            at = parse_docker_time(stamp)
+        except ValueError:
+            at = 0.0
+        if at >= started_at:
+            since += 1
+        last_line, last_at = text.strip()[:300], at or None
+    return LogFacts(
+        patterns=tuple(p.source for p in patterns), scanned=scanned, matches=matches,
+        matches_since_start=since, last_line=last_line, last_at=last_at,
+    )
+
+
+def container_facts(
+    gateway: DockerGateway, config: Config, attrs: Mapping[str, Any],
+    docker: DockerFacts, *, now: float, proc: Path = Path("/proc"),
+) -> ContainerFacts:
+    """Read one container: logs, the in-container NVML check, cgroup and versions.
+
+    Raises:
+        DockerUnavailable: the engine stopped answering.
+    """
+    info: ContainerInfo = container_info(attrs)
+    settings = config.for_container(info.name)
+    patterns = tuple(settings.patterns)
+    try:
+        raw = gateway.recent_logs(info.id, since=now - LOG_WINDOW, tail=LOG_TAIL)
+        logs = scan_logs(raw, patterns, info.started_at)
+    except DockerUnavailable:
+        raise
+    except Exception as exc:  # docker.errors.APIError: e.g. the "none" log driver
+        logs = LogFacts(patterns=tuple(p.source for p in patterns), error=_one_line(exc))
+    probe: ProbeFacts | None = None
+    if info.status == "running":
+        outcome = gateway.exec_probe(info.id, settings.probe_command, config.probe.timeout)
+        result = classify_probe(outcome.exit_code, outcome.output,
+                                timed_out=outcome.timed_out, exec_error=outcome.exec_error)
+        text = outcome.output.decode(errors="replace")
+        excerpt = summarize_output(text) or (outcome.exec_error or "")
+        version = _DRIVER_VERSION.search(text)
+        probe = ProbeFacts(
+            command=settings.probe_command, result=result, exit_code=outcome.exit_code,
+            output=excerpt, driver_version=version.group(1) if version else None,
+        )
+    access = device_access_ok(info, proc=proc) if info.status == "running" else None
+    lib = library_version(proc / str(info.pid) / "root") if info.pid > 0 else None
+    return ContainerFacts(
+        name=info.name, id=info.id, status=info.status, started_at=info.started_at,
+        gpu_methods=gpu_methods(attrs, docker.default_runtime), probe=probe,
+        device_access_ok=access, library_version=lib, logs=logs,
+    )
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split()) or type(value).__name__
+
+
+# --------------------------------------------------------------------------
+# Everything
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the host readers look; tests point them at fakes."""
+
+    proc: Path = Path("/proc")
+    systemctl: tuple[str, ...] = ("systemctl",)
+    systemd_run_dir: Path = Path("/run/systemd/system")
+    journal_path: str | None = None
+
+
+class NoSuchContainer(Exception):
+    """A container named on the command line does not exist (``names`` lists them)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        super().__init__(", ".join(names))
+        self.names = tuple(names)
+
+
+def gather(
+    config: Config,
+    names: Sequence[str] = (),
+    *,
+    gateway: DockerGateway | None = None,
+    sources: Sources = Sources(),
+) -> Facts:
+    """Gather every fact for ``names`` (default: every watched container).
+
+    Raises:
+        NoSuchContainer: a named container does not exist (checked before any probe).
+    """
+    from gpuwatchd.watchset import is_watched
+
+    now = time.time()
+    host = HostFacts(
+        nvml=nvml_facts(),
+        persistenced=persistenced_facts(sources.proc, sources.systemctl,
+                                        sources.systemd_run_dir),
+        docker=DockerFacts(available=False, error="not asked"),
+        last_reload=last_systemd_reload(sources.journal_path),
+        kernel_module_version=kernel_module_version(sources.proc),
+        now=now,
+    )
+    own = gateway is None
+    try:
+        if gateway is None:
+            gateway = DockerGateway(config.docker.host, timeout=config.docker.timeout)
+    except Exception as exc:  # docker.errors.DockerException: a bad DOCKER_HOST
+        return Facts(_with_docker(host, DockerFacts(available=False, error=_one_line(exc))))
+    try:
+        docker = docker_facts(gateway)
+        host = _with_docker(host, docker)
+        if not docker.available:
+            return Facts(host)
+        try:
+            if names:
+                found = [(n, gateway.inspect_attrs(n)) for n in names]
+                missing = [n for n, a in found if a is None]
+                if missing:
+                    raise NoSuchContainer(missing)
+                targets = [a for _, a in found if a is not None]
+            else:
+                targets = []
+                for info in gateway.list_containers():
+                    if is_watched(info, config.watch):
+                        attrs = gateway.inspect_attrs(info.id)
+                        if attrs is not None:
+                            targets.append(attrs)
+            containers = tuple(
+                container_facts(gateway, config, a, docker, now=now, proc=sources.proc)
+                for a in targets
+            )
+        except DockerUnavailable as exc:
+            return Facts(_with_docker(host, DockerFacts(available=False, error=str(exc))))
+        return Facts(host, containers)
+    finally:
+        if own and gateway is not None:
+            gateway.close()
+
+
+def _with_docker(host: HostFacts, docker: DockerFacts) -> HostFacts:
+    return replace(host, docker=docker)
