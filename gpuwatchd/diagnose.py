@@ -439,7 +439,9 @@ def container_verdict(host: HostFacts, c: ContainerFacts) -> Verdict:
                 "not_gpu", Status.PROBLEM,
                 f"NVML works inside {c.name}, yet it logged {c.logs.matches_since_start} "
                 "matching line(s) since it started: likely a genuine tuner or application "
-                "fault, not the GPU.", ev, advice=advice,
+                "fault, not the GPU.", ev,
+                advice=(f"look at the tuner backend and the application's own log: "
+                        f"docker logs --tail 100 {c.name}", *advice),
             )
         return Verdict("healthy", Status.HEALTHY, f"NVML works inside {c.name}.", ev,
                        advice=advice)

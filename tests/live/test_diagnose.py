@@ -36,7 +36,7 @@ class Run:
         self.doc: dict[str, Any] = json.loads(proc.stdout) if as_json and proc.stdout else {}
 
     def container(self, name: str) -> dict[str, Any]:
-        found = [c for c in self.doc["containers"] if c["name"] == name]
+        found: list[dict[str, Any]] = [c for c in self.doc["containers"] if c["name"] == name]
         assert len(found) == 1, self.stdout
         return found[0]
 
