@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -312,3 +314,39 @@ async def test_a_refused_request_is_one_line_and_exit_1(tmp_path: Path) -> None:
                 f"gpuwatchd: the daemon refused: {args[0]} refused: maintenance lock held"]
     finally:
         await server.close()
+
+
+# --------------------------------------------------------------------------
+# The demo
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_the_demo_runs_end_to_end_and_leaves_nothing_behind(
+    docker_client: docker.DockerClient,
+) -> None:
+    """scripts/demo exits 0 after showing ER-05, the heal, status and diagnose; afterwards
+    no demo container, no daemon process and no temporary directory is left."""
+    proc = subprocess.run([str(REPO / "scripts" / "demo")], cwd=REPO, capture_output=True,
+                          text=True, timeout=280, check=False)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:] + proc.stderr[-3000:]
+    for seen in ("(ER-05)", "log_pattern_matched", "gpu_persistence_enabled",
+                 "container_restarted", "container_recovered", "$ gpuwatchd status",
+                 "Watched containers:", "cleaned up"):
+        assert seen in out, seen
+    assert "$ gpuwatchd diagnose" in out or "no diagnose command" in out
+    match = re.search(r"demo ([0-9a-f]{8}): temporary files in (\S+)", out)
+    assert match, out[:500]
+    token, work = match.groups()
+    assert not Path(work).exists()
+    assert not docker_client.containers.list(all=True, filters={"label": f"gpuwatchd-demo={token}"})
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        assert work.encode() not in cmdline, f"process {pid} outlived the demo"
