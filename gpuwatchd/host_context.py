@@ -59,6 +59,9 @@ LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib/aarch64-linux-gnu"
 _LIB_VERSION = re.compile(r"^libnvidia-ml\.so\.(\d+\.\d+(?:\.\d+)?)$")
 _MODULE_VERSION = re.compile(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)")
 _DRIVER_VERSION = re.compile(r"Driver Version:\s*(\d+\.\d+(?:\.\d+)?)")
+#: Log lines this many seconds before the container's StartedAt still count as
+#: "since the last start".
+START_SLACK = 1.0
 #: A bound on the one external command run (systemctl show).
 SYSTEMCTL_TIMEOUT = 5.0
 
@@ -271,7 +274,9 @@ def scan_logs(raw: bytes, patterns: Sequence[Any], started_at: float) -> LogFact
             at = parse_docker_time(stamp)
         except ValueError:
             at = 0.0
-        if at >= started_at:
+        # The engine stamps StartedAt only after the process runs, so a line logged
+        # at once can carry an earlier time: allow START_SLACK.
+        if at >= started_at - START_SLACK:
             since += 1
         last_line, last_at = text.strip()[:300], at or None
     return LogFacts(

@@ -173,6 +173,14 @@ def test_scan_logs_counts_matches_and_the_last_one() -> None:
     assert scan_logs(b"", (LogPattern("re:ER-0[5]"),), 0).matches == 0
 
 
+def test_a_line_logged_just_before_started_at_counts_as_since_the_start() -> None:
+    """The engine records StartedAt after the process runs: its first line may be older."""
+    raw = b"2025-12-31T10:59:59.600000000Z [INFO] y (ER-05)\n"
+    assert scan_logs(raw, (LogPattern("(ER-05)"),), 1767178800.0).matches_since_start == 1
+    raw = b"2025-12-31T10:59:58.000000000Z [INFO] y (ER-05)\n"
+    assert scan_logs(raw, (LogPattern("(ER-05)"),), 1767178800.0).matches_since_start == 0
+
+
 def test_versions_from_files(tmp_path: Path) -> None:
     """The kernel module's version from /proc/driver/nvidia/version, the library's
     from its file name; None when absent."""
