@@ -190,16 +190,43 @@ class DockerGateway:
         base_url = host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
         self.base_url = base_url
         self.timeout = timeout
-        self._client = docker.DockerClient(
-            base_url=base_url, timeout=int(max(1, timeout)), max_pool_size=pool_size
-        )
-        self._stream_client = docker.DockerClient(
-            base_url=base_url, timeout=int(max(1, timeout)), max_pool_size=1024
-        )
+        self._pool_size = pool_size
+        self._lock = threading.Lock()
+        self._clients: dict[str, docker.DockerClient] = {}
+
+    def _get(self, kind: str, pool_size: int) -> docker.DockerClient:
+        # Created on first use, not in __init__: the SDK asks the engine for its
+        # API version when a client is built, and a daemon must start (degraded)
+        # while the engine is down.
+        client = self._clients.get(kind)
+        if client is not None:
+            return client
+        with self._lock:
+            client = self._clients.get(kind)
+            if client is None:
+                try:
+                    client = docker.DockerClient(
+                        base_url=self.base_url, timeout=int(max(1, self.timeout)),
+                        max_pool_size=pool_size,
+                    )
+                except DockerError as exc:
+                    raise DockerUnavailable(_one_line(exc)) from exc
+                self._clients[kind] = client
+        return client
+
+    @property
+    def _client(self) -> docker.DockerClient:
+        return self._get("calls", self._pool_size)
+
+    @property
+    def _stream_client(self) -> docker.DockerClient:
+        return self._get("streams", 1024)
 
     def close(self) -> None:
-        self._client.close()
-        self._stream_client.close()
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
 
     def ping(self) -> str:
         """The engine's version; raises DockerUnavailable when it does not answer."""

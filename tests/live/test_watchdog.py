@@ -373,3 +373,18 @@ def test_hostile_log_flood_does_not_stop_healing(
     daemon.wait_for("container_restarted", container=konomi.name, timeout=30)
     daemon.wait_for("container_recovered", container=konomi.name, timeout=60)
     assert daemon.proc.poll() is None
+
+
+def test_daemon_starts_degraded_without_docker(
+    gpu: GpuController, start_daemon: Callable[..., DaemonProcess], tmp_path: Path,
+) -> None:
+    """No engine at start: one docker_unavailable record, the daemon stays up and
+    keeps watching the GPUs."""
+    missing = f"unix://{tmp_path}/no-engine.sock"
+    daemon = start_daemon({"docker": {"host": missing}})
+    daemon.wait_for("docker_unavailable", timeout=20)
+    daemon.wait_for("gpu_persistence_enabled", timeout=20)
+    time.sleep(2)
+    assert daemon.proc.poll() is None
+    assert len(daemon.find("docker_unavailable")) == 1
+    assert daemon.stop() == 0
