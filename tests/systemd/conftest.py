@@ -98,13 +98,23 @@ class SystemdBox:
         return state
 
     def journal(self, *matches: str, since_cursor: str | None = None) -> Journal:
-        """Journal entries (``journalctl -o json``) for FIELD=VALUE *matches*."""
+        """Journal entries (``journalctl -o json``) for FIELD=VALUE *matches*.
+
+        *since_cursor* keeps only entries after that one. It is applied here,
+        not with ``--after-cursor``: journalctl 252 returns nothing when that
+        option meets a FIELD=VALUE match the cursor's own entry does not satisfy.
+        """
         argv = ["journalctl", "--no-pager", "-o", "json", *matches]
-        if since_cursor:
-            argv += ["--after-cursor", since_cursor]
         self.sysexec(["journalctl", "--sync"])
         _, out = self.sysexec(argv)
-        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        entries = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        if since_cursor:
+            after = _cursor_time(since_cursor)
+            entries = [
+                e for e in entries
+                if int(e["__REALTIME_TIMESTAMP"]) >= after and e["__CURSOR"] != since_cursor
+            ]
+        return entries
 
     def show(self, unit: str, *properties: str) -> dict[str, str]:
         """``systemctl show -p ...`` as a dict."""
@@ -164,6 +174,12 @@ class SystemdBox:
     def python(self, code: str, *, env: Mapping[str, str] | None = None) -> tuple[int, str]:
         """Run *code* with the box's system python3 and the working tree importable."""
         return self.sysexec(["python3", "-c", code], env={"PYTHONPATH": str(REPO), **(env or {})})
+
+
+def _cursor_time(cursor: str) -> int:
+    """The wall-clock time (µs) in a journal cursor's ``t=`` part."""
+    parts = dict(part.split("=", 1) for part in cursor.split(";") if "=" in part)
+    return int(parts["t"], 16)
 
 
 def _service_env(env: Mapping[str, str]) -> str:
