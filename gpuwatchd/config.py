@@ -7,7 +7,9 @@ never discovers a bad value at 3 a.m.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import errno
 import ipaddress
 import json
 import math
@@ -659,6 +661,11 @@ def load_config(path: Path, *, check_owner: bool = False) -> Config:
         # O_NONBLOCK: a FIFO given as the config must not hang the daemon at open().
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
+        if check_owner and e.errno == errno.EACCES:
+            # Root without CAP_DAC_OVERRIDE (the shipped unit) cannot open a 0600
+            # file someone else owns: name the owner problem, not just EACCES.
+            with contextlib.suppress(OSError):
+                _check_owner(path, os.stat(path))
         raise ConfigError(f"cannot read config: {e.strerror or e}", source=path) from None
     try:
         st = os.fstat(fd)
