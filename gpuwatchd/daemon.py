@@ -243,7 +243,8 @@ class Daemon:
         try:
             await self._control.start()
         except OSError as exc:
-            log.warning("control_socket_unavailable", error=str(exc))
+            self._record(make_record("control_unavailable", error=str(exc),
+                                     path=str(config.daemon.runtime_dir)))
             self._control = None
         self._events = EventWatcher(self._gateway, self._on_docker_event, self._on_docker_status)
         self._events.start()
@@ -347,7 +348,8 @@ class Daemon:
         self._restarts.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            log.error("internal_error", task=task.get_name(), error=f"{type(exc).__name__}: {exc}")
+            self._record(make_record("internal_error", task=task.get_name(),
+                                     error=f"{type(exc).__name__}: {exc}"))
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -373,7 +375,9 @@ class Daemon:
             try:
                 listener(record)
             except Exception as exc:  # a broken listener must not lose the next record
-                log.error("internal_error", listener=repr(listener), error=str(exc))
+                # Written directly: through _record it could fail the same way again.
+                write_record(make_record("internal_error", task=f"listener {listener!r}",
+                                         error=f"{type(exc).__name__}: {exc}"))
 
     async def _flush_folded_forever(self) -> None:
         while True:
@@ -390,8 +394,8 @@ class Daemon:
             try:
                 await self._handle_item(item)
             except Exception as exc:  # one bad item must not stop the daemon
-                log.error("internal_error", item=type(item).__name__,
-                          error=f"{type(exc).__name__}: {exc}")
+                self._record(make_record("internal_error", task=type(item).__name__,
+                                         error=f"{type(exc).__name__}: {exc}"))
 
     async def _handle_item(self, item: object) -> None:
         if isinstance(item, _DockerEvent):
@@ -639,8 +643,8 @@ class Daemon:
         info = self._watched.get(ended.container_id)
         if ended.error:
             name = info.name if info else ended.container_id[:12]
-            log.warning("log_follow_failed", container=name,
-                        container_id=ended.container_id[:12], error=ended.error)
+            self._record(make_record("log_unreadable", container=name,
+                                     container_id=ended.container_id[:12], error=ended.error))
             return  # e.g. an unreadable log driver: one warning, no retry storm
         # The stream ended without error: the container stopped, or the engine
         # went away; the event stream and resync take it from here.

@@ -349,6 +349,31 @@ _ENTRIES: tuple[EventSpec, ...] = (
         None,
         ("error",),
     ),
+    EventSpec(
+        "log_unreadable",
+        _L.WARNING,
+        "a watched container's log cannot be followed (e.g. log driver `none`)",
+        "cannot follow the log of {container}: {error}",
+        None,
+        ("error",),
+    ),
+    EventSpec(
+        "control_unavailable",
+        _L.WARNING,
+        "the control socket could not be opened; status/reset/pause will not answer",
+        "control socket unavailable: {error}",
+        None,
+        ("path", "error"),
+        foldable=False,
+    ),
+    EventSpec(
+        "internal_error",
+        _L.ERROR,
+        "a bug: an internal task failed; the daemon goes on",
+        "internal error in {task}: {error}",
+        None,
+        ("task", "error"),
+    ),
 )
 CATALOGUE: Mapping[str, EventSpec] = MappingProxyType({s.name: s for s in _ENTRIES})
 #: event name -> MESSAGE_ID, for the journal sink (``gpuwatchd.journal``).
