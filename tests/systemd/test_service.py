@@ -329,7 +329,7 @@ def test_reload_applies_a_valid_config_and_keeps_the_old_one_otherwise(
 
 def test_watchdog_pings_keep_it_alive_and_a_frozen_daemon_is_restarted(service: Service) -> None:
     """With WatchdogSec=3s a healthy daemon keeps sending WATCHDOG=1 (the watchdog
-    timestamp moves, the process outlives several periods); frozen with SIGSTOP it
+    timestamp moves, the process outlives several periods and a reload); frozen with SIGSTOP it
     is killed by the watchdog (UNIT_RESULT=watchdog) and restarted (NRestarts grows)."""
     service.box.write_file(WATCHDOG_DROPIN, "[Service]\nWatchdogSec=3s\n")
     service.box.sysexec(["systemctl", "daemon-reload"], check=True)
@@ -340,8 +340,11 @@ def test_watchdog_pings_keep_it_alive_and_a_frozen_daemon_is_restarted(service: 
     pid = service.main_pid()
 
     stamps = set()
-    for _ in range(5):  # 10 s: more than three watchdog periods
+    for second in range(5):  # 10 s: more than three watchdog periods
         stamps.add(service.show("WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"])
+        if second == 1:  # the heartbeat goes on through a reload
+            reload(service)
+            service.wait_record("config_reloaded", 10)
         time.sleep(2)
     shown = service.show("ActiveState", "MainPID", "NRestarts")
     assert shown == {"ActiveState": "active", "MainPID": str(pid), "NRestarts": "0"}, shown
