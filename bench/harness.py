@@ -437,10 +437,18 @@ class Lab:
         self.client.close()
 
 
-def remove_all_lab_containers(client: docker.DockerClient) -> int:
-    """Removes containers left by any earlier benchmark run (label :data:`LAB_LABEL`)."""
-    left = client.containers.list(all=True, filters={"label": LAB_LABEL})
-    for c in left:
+def remove_stale_lab_containers(client: docker.DockerClient, older_than: float = 3600.0) -> int:
+    """Removes benchmark containers (label :data:`LAB_LABEL`) created over ``older_than``
+    seconds ago: what a killed run left behind. A run in progress is left alone."""
+    removed = 0
+    now = time.time()
+    for c in client.containers.list(all=True, filters={"label": LAB_LABEL}):
+        created = datetime.fromisoformat(
+            str(c.attrs["Created"]).rstrip("Z").split(".")[0] + "+00:00"
+        ).timestamp()
+        if now - created < older_than:
+            continue
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             c.remove(force=True, v=True)
-    return len(left)
+            removed += 1
+    return removed

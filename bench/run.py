@@ -24,7 +24,7 @@ from typing import Any
 import docker
 
 from bench import idle, latency, recovery, scale, silent, startup
-from bench.harness import Lab, machine_info, remove_all_lab_containers
+from bench.harness import Lab, machine_info, remove_stale_lab_containers
 
 ITEMS = ("latency", "recovery", "silent", "idle", "scale", "startup")
 
@@ -136,7 +136,7 @@ def run_all(sizes: Sizes, only: tuple[str, ...], quiet: bool = False) -> dict[st
     """Runs the selected measurements; each one's failure is recorded, the rest go on."""
     client = docker.from_env(timeout=120)
     try:
-        leftovers = remove_all_lab_containers(client)
+        leftovers = remove_stale_lab_containers(client)
         doc: dict[str, Any] = {
             "machine": machine_info(client),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -159,12 +159,14 @@ def run_all(sizes: Sizes, only: tuple[str, ...], quiet: bool = False) -> dict[st
         },
     }
     errors: dict[str, str] = {}
+    doc["run_ids"] = []
     for item in ITEMS:
         if item not in only:
             continue
         t = time.monotonic()
         try:
             with Lab(quiet=quiet) as lab:
+                doc["run_ids"].append(lab.run_id)
                 doc[item] = steps[item](lab)
         except Exception as exc:  # one measurement failing must not lose the others
             errors[item] = f"{type(exc).__name__}: {exc}"
