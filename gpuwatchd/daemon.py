@@ -262,7 +262,7 @@ class Daemon:
         try:
             await self._blocking(metrics.serve, listen)
         except (OSError, ValueError) as exc:
-            log.warning("metrics_unavailable", listen=listen, error=str(exc))
+            self._record(make_record("metrics_unavailable", listen=listen, error=str(exc)))
             return
         self.record_listeners.append(metrics.on_record)
         self._spawn(metrics.refresh_forever(), "metrics")

@@ -367,6 +367,15 @@ _ENTRIES: tuple[EventSpec, ...] = (
         foldable=False,
     ),
     EventSpec(
+        "metrics_unavailable",
+        _L.WARNING,
+        "the metrics address could not be bound; no /metrics until restarted",
+        "metrics unavailable on {listen}: {error}",
+        None,
+        ("listen", "error"),
+        foldable=False,
+    ),
+    EventSpec(
         "internal_error",
         _L.ERROR,
         "a bug: an internal task failed; the daemon goes on",

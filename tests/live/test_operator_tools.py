@@ -352,3 +352,19 @@ def test_the_demo_runs_end_to_end_and_leaves_nothing_behind(
         except OSError:
             continue
         assert work.encode() not in cmdline, f"process {pid} outlived the demo"
+
+
+@pytest.mark.docker
+def test_a_metrics_address_in_use_costs_the_metrics_not_the_watchdog(
+    start_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """The port is taken: one metrics_unavailable record, and the daemon still answers."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = start_daemon({"metrics": {"listen": f"127.0.0.1:{port}"}})
+        record = daemon.wait_for("metrics_unavailable", timeout=20)
+        assert record["listen"] == f"127.0.0.1:{port}"
+        daemon.wait_for("daemon_started", timeout=20)
+        assert status(daemon)["pid"] == daemon.proc.pid
