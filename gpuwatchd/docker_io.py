@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -129,6 +129,18 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
     )
 
 
+def summary_info(summary: Mapping[str, Any]) -> ContainerInfo:
+    """A partial :class:`ContainerInfo` from ``docker ps`` data (no start time, no GPU details)."""
+    names = summary.get("Names") or [""]
+    return ContainerInfo(
+        id=str(summary["Id"]),
+        name=str(names[0]).lstrip("/"),
+        status=str(summary.get("State", "unknown")),
+        started_at=0.0,
+        labels=MappingProxyType(dict(summary.get("Labels") or {})),
+    )
+
+
 def device_access_ok(info: ContainerInfo, proc: Path = Path("/proc"),
                      cgroup_root: Path = Path("/sys/fs/cgroup")) -> bool | None:
     """Whether the container's device cgroup still lets it open /dev/nvidiactl.
@@ -241,14 +253,23 @@ class DockerGateway:
         except DockerError as exc:
             raise DockerUnavailable(_one_line(exc)) from exc
 
-    def list_containers(self) -> list[ContainerInfo]:
-        """Every container that exists, running or not, from full inspect data."""
+    def list_containers(
+        self, select: Callable[[ContainerInfo], bool] | None = None
+    ) -> list[ContainerInfo]:
+        """Every container that exists, running or not, from full inspect data.
+
+        ``select`` sees a summary (ID, name, status, labels; no GPU details)
+        and decides which containers are worth a full inspect: on a host with
+        hundreds of containers, inspecting only candidates keeps a resync cheap.
+        """
         try:
             summaries = self._client.api.containers(all=True)
         except DockerError as exc:
             raise DockerUnavailable(_one_line(exc)) from exc
         result = []
         for summary in summaries:
+            if select is not None and not select(summary_info(summary)):
+                continue
             info = self.inspect(summary["Id"])
             if info is not None:
                 result.append(info)
@@ -328,8 +349,9 @@ class DockerGateway:
         def kill_probe() -> None:
             timed_out.set()
             try:
-                pid = int(api.exec_inspect(exec_id).get("Pid") or 0)
-                if pid > 0:
+                data = api.exec_inspect(exec_id)
+                pid = int(data.get("Pid") or 0)
+                if pid > 0 and _pid_in_container(pid, str(data.get("ContainerID", ""))):
                     os.kill(pid, signal.SIGKILL)
             except (*DockerError, ProcessLookupError):
                 pass
@@ -419,6 +441,21 @@ class EventStream(_Stream):
         except DockerError:
             if not self._closed:
                 raise
+
+
+def _pid_in_container(pid: int, container_id: str, proc: Path = Path("/proc")) -> bool:
+    """True when host ``pid`` is a process of the container.
+
+    The engine reports host PIDs; a gpuwatchd in another PID namespace (a
+    container, a test box) would see a different process under that number,
+    so it kills only a process whose cgroup names the container.
+    """
+    if not container_id:
+        return False
+    try:
+        return container_id in (proc / str(pid) / "cgroup").read_text()
+    except OSError:
+        return False
 
 
 def _one_line(value: object) -> str:

@@ -60,3 +60,14 @@ def test_gone_process_gives_no_evidence(tmp_path: Path) -> None:
     gone = ContainerInfo(id="abc", name="c", status="running", started_at=1, pid=99,
                          expects_nvidia_device=True)
     assert device_access_ok(gone, proc=proc, cgroup_root=root) is None
+
+
+def test_probe_kill_only_targets_a_process_of_the_container(tmp_path: Path) -> None:
+    """A PID from the engine is killed only when its cgroup names the container."""
+    from gpuwatchd.docker_io import _pid_in_container
+
+    proc, _ = setup_tree(tmp_path, "5:devices:/docker/" + "ab" * 32 + "\n", None)
+    assert _pid_in_container(42, "ab" * 32, proc=proc)
+    assert not _pid_in_container(42, "cd" * 32, proc=proc)  # another process
+    assert not _pid_in_container(43, "ab" * 32, proc=proc)  # gone
+    assert not _pid_in_container(42, "", proc=proc)
