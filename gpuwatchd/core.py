@@ -230,6 +230,7 @@ class _Container:
     last_probe_at: float | None = None
     remediation: _Remediation | None = None
     deferred_until: float | None = None
+    recheck: ProbePurpose | None = None  #: probe again once the probe in flight ends
 
 
 class Core:
@@ -344,6 +345,7 @@ class Core:
                     self._probe(c, ProbePurpose.TIMER, now)
             case ProbeFinished():
                 self._on_probe(event, now)
+                self._recheck(event.ref, now)
             case SystemdReloaded():
                 self._last_reload = max(self._last_reload or event.at, event.at)
                 self._emit("systemd_reload_detected", at=event.at)
@@ -554,7 +556,7 @@ class Core:
             change = "recreated"
         c = _Container(event.ref, event.state, event.started_at, orchestrated)
         self._containers[name] = c
-        self._emit("watch_set_changed", c, change=change)
+        self._emit("watch_set_changed", c, change=change, reason=event.state.value)
         if orchestrated and name not in self._warned_orchestrated:
             self._warned_orchestrated.add(name)
             self._emit(
@@ -592,6 +594,18 @@ class Core:
         for c in self._containers.values():
             if c.remediation is None and self._can_probe(c, now):
                 self._probe(c, purpose, now)
+            elif c.remediation is None and c.probe_purpose is not None:
+                # A probe already under way may have passed on access a systemd
+                # reload revoked a moment later: check again when it ends.
+                c.recheck = purpose
+
+    def _recheck(self, ref: ContainerRef, now: float) -> None:
+        c = self._live(ref)
+        if c is None or c.recheck is None:
+            return
+        purpose, c.recheck = c.recheck, None
+        if c.remediation is None and self._can_probe(c, now):
+            self._probe(c, purpose, now)
 
     # -- logs and probes -------------------------------------------------------------------
 

@@ -119,3 +119,23 @@ def test_host_recovery_clears_host_evidence() -> None:
     assert h.core.cause_of("KonomiTV", None)[0] is Cause.DRIVER_NOT_LOADED
     h.gpus(GPU0)
     assert h.core.cause_of("KonomiTV", None)[0] is Cause.UNKNOWN
+
+
+def test_reload_during_a_probe_in_flight_checks_again_when_it_ends() -> None:
+    """A probe that started before a systemd reload may pass on access the reload
+    revoked a moment later: the container is probed again for the reload."""
+    from gpuwatchd.events import ProbePurpose, ProbeTick, RunProbe
+    from gpuwatchd.types import ProbeResult
+
+    from .core_harness import KONOMI
+
+    h = Harness()
+    h.gpus(GPU0)
+    h.watch()
+    assert of(h.send(ProbeTick(KONOMI)), RunProbe)
+    assert not of(h.send(SystemdReloaded(h.now)), RunProbe)  # busy: no second probe now
+    out = h.answer(ProbeResult.OK)  # the timer probe passes on stale access
+    (again,) = of(out, RunProbe)
+    assert again.purpose is ProbePurpose.RELOAD
+    out = h.answer(ProbeResult.NVML_UNKNOWN_ERROR, device_access_ok=False)
+    assert of(out, RestartContainer)
