@@ -593,7 +593,7 @@ class Daemon:
 
     async def _resync(self, reason: str) -> None:
         try:
-            containers = await self._blocking(self._gateway.list_containers)
+            containers = await self._blocking(self._gateway.list_containers, self._candidate)
         except DockerUnavailable as exc:
             await self._on_docker_connection(_DockerStatus(False, str(exc)))
             return
@@ -603,6 +603,14 @@ class Daemon:
                 await self._forget(cid, "destroyed")
         for info in containers:
             await self._observe(info, reason=reason)
+
+    def _candidate(self, summary: ContainerInfo) -> bool:
+        """Worth a full inspect in a resync (called on a worker thread)."""
+        return (
+            summary.id in self._watched
+            or self.config.watch.all_gpu_containers  # GPU details need the inspect
+            or is_watched(summary, self.config.watch)
+        )
 
     def _attach(self, info: ContainerInfo, since: float) -> None:
         current = self._followers.get(info.id)

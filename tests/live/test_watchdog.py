@@ -294,6 +294,7 @@ def test_dry_run_decides_and_records_but_changes_nothing(
     before = started_at(konomi)
     gpu.clear_calls()
     daemon = start_daemon(FAST, "--dry-run")
+    daemon.wait_for("watch_set_changed", container=konomi.name, timeout=20)
     daemon.wait_for("gpu_persistence_off", timeout=20)
     assert gpu.idle_driver()
     restarted = daemon.wait_for("container_restarted", container=konomi.name, timeout=30)
