@@ -214,7 +214,9 @@ def limit_of(level: dict[str, Any]) -> str:
     g99 = level["gpuwatchd_lag"]["p99_ms"] or 0.0
     if level["engine_refused_writes"] or e99 > g99:
         return "engine (dockerd)"
-    return "gpuwatchd"
+    # Inside the daemon's process: BENCHMARKS.md shows (py-spy) that this is
+    # the docker SDK's per-line stream decoding, not gpuwatchd's matching.
+    return "gpuwatchd process"
 
 
 def measure(
