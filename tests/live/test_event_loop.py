@@ -1,0 +1,73 @@
+"""The daemon never blocks its event loop: checked with blockbuster on a real heal.
+
+The daemon runs in this process (not as a subprocess) so blockbuster sees every
+call the event loop thread makes while it watches, detects, restarts and
+verifies a container on the real engine with the stand-in driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from blockbuster import BlockBuster
+from docker.models.containers import Container
+
+from gpuwatchd.config import Config, DaemonConfig, ProbeConfig, WatchConfig
+from gpuwatchd.daemon import Daemon
+from gpuwatchd.records import Record
+from tests.bench import Bench, wait_for
+from tests.bench.gpu import GpuController
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+
+async def test_a_heal_never_blocks_the_event_loop(
+    bench: Bench, gpu: GpuController, make_container: Callable[..., Container],
+    watched: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    blockbuster: BlockBuster,
+) -> None:
+    """Watch, detect, restart and verify with blockbuster active: no blocking call
+    runs on the loop (pynvml and the docker SDK stay on worker threads)."""
+    # The stand-in driver, loaded by path first so pynvml's dlopen of the
+    # soname finds it (LD_LIBRARY_PATH is only read at process start).
+    for key, value in gpu.env().items():
+        if key != "LD_LIBRARY_PATH":
+            monkeypatch.setenv(key, value)
+    ctypes.CDLL(str(bench.lib), mode=ctypes.RTLD_GLOBAL)
+    await asyncio.to_thread(gpu.set_persistence, True)
+    konomi = await asyncio.to_thread(make_container, "konomi", labels=watched)
+
+    config = Config(
+        daemon=DaemonConfig(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"),
+        probe=ProbeConfig(start_grace=1.0),
+        watch=WatchConfig(labels=tuple(f"{k}={v}" for k, v in watched.items())),
+    )
+    daemon = Daemon(config)
+    seen: list[Record] = []
+    daemon.record_listeners.append(seen.append)
+
+    async def record(event: str, timeout: float) -> Record:
+        for _ in range(int(timeout * 10)):
+            found = [r for r in seen if r.event == event and r.get("container") == konomi.name]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"no {event}; saw {[(r.event, dict(r.fields)) for r in seen]}")
+
+    running = asyncio.create_task(daemon.run())
+    try:
+        await record("watch_set_changed", 20)
+        await asyncio.sleep(1.5)  # past the start grace
+        await asyncio.to_thread(gpu.revoke_device_access, konomi)
+        restarted = await record("container_restarted", 30)
+        assert restarted.get("cause") == "device_access_lost"
+        await record("container_recovered", 60)
+    finally:
+        daemon.request_stop()
+        assert await asyncio.wait_for(running, 60) == 0
+    await asyncio.to_thread(wait_for, lambda: os.path.exists(tmp_path / "state"), 5)
