@@ -51,8 +51,8 @@ async def test_a_heal_never_blocks_the_event_loop(
     seen: list[Record] = []
     daemon.record_listeners.append(seen.append)
 
-    async def record(event: str, timeout: float) -> Record:
-        for _ in range(int(timeout * 10)):
+    async def record(event: str, within: float) -> Record:
+        for _ in range(int(within * 10)):
             found = [r for r in seen if r.event == event and r.get("container") == konomi.name]
             if found:
                 return found[0]
