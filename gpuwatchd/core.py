@@ -33,8 +33,10 @@ The rules, in the words of issue 3:
   GPU was last seen Disabled is remembered (and persisted).
 - **Remediation** of a container fault: (1) with ``enforce_persistence``, set
   persistence on every GPU seen off; (2) restart; (3) verify: running again
-  and a probe passing within ``verify_timeout`` (first probe after
-  ``start_grace``, retried every :data:`VERIFY_RETRY` seconds); (4) record
+  and a probe passing within ``verify_timeout`` (first probe
+  :data:`VERIFY_FIRST` seconds after the restart, not after ``start_grace``:
+  healing is timed from the first ER-05 line; retried after
+  :data:`VERIFY_RETRY` seconds, backing off to :data:`VERIFY_RETRY_MAX`); (4) record
   ``container_recovered`` or ``remediation_failed``. Faults during a
   remediation join it.
 - **Cause**: host NVML evidence first (``version_mismatch``, ``gpu_lost``,
@@ -111,7 +113,13 @@ from gpuwatchd.types import Cause, Confidence, ProbeResult
 #: At most one confirmation probe per container in this many seconds.
 CONFIRM_MIN_INTERVAL = 10.0
 #: Seconds between verification probes after a restart.
-VERIFY_RETRY = 5.0
+VERIFY_RETRY = 1.0
+#: The longest wait between two verification probes (the retries back off).
+VERIFY_RETRY_MAX = 10.0
+#: Seconds after a restart before the first verification probe. A probe that
+#: comes too early just fails and is retried; waiting for start_grace instead
+#: would add its full length to every heal.
+VERIFY_FIRST = 0.5
 #: A probe unanswered for probe.timeout plus this long is presumed lost (an
 #: executor bug must not silence a container forever).
 PROBE_LOST_AFTER = 60.0
@@ -211,6 +219,7 @@ class _Remediation:
     by_silence: bool = False
     last_result: ProbeResult | None = None
     last_device_access: bool | None = None
+    verify_retries: int = 0
 
 
 @dataclass
@@ -875,7 +884,7 @@ class Core:
                 now + self._config.remediation.verify_timeout,
             )
             if not r.by_silence:
-                self._wake(c.ref.name, DeadlineKind.VERIFY_PROBE, max(now, self._grace_end(c)))
+                self._wake(c.ref.name, DeadlineKind.VERIFY_PROBE, now + VERIFY_FIRST)
             return
         c.remediation = None
         if event.outcome is RestartOutcome.NOT_RUNNING:
@@ -911,7 +920,10 @@ class Core:
         r = c.remediation
         assert r is not None
         deadline = r.restarted_at + self._config.remediation.verify_timeout
-        at = now + VERIFY_RETRY
+        # Quick at first (most heals verify within a second or two), then
+        # backing off so a failed heal costs a handful of probes, not dozens.
+        at = now + min(VERIFY_RETRY * 2**r.verify_retries, VERIFY_RETRY_MAX)
+        r.verify_retries += 1
         if at < deadline:
             self._wake(c.ref.name, DeadlineKind.VERIFY_PROBE, at)
 
@@ -1037,7 +1049,8 @@ class Core:
         elif event.kind is DeadlineKind.VERIFY_PROBE:
             r = c.remediation
             if r is not None and r.phase is Phase.VERIFYING and not r.by_silence:
-                if self._can_probe(c, now):
+                # Verification ignores start_grace (see VERIFY_FIRST).
+                if c.state is ContainerState.RUNNING and not self._busy(c, now):
                     self._probe(c, ProbePurpose.VERIFY, now)
                 elif not self._busy(c, now):
                     self._retry_verify(c, now)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -99,6 +100,8 @@ MAX_CONCURRENT_PROBES = 8
 MAX_CONCURRENT_RESTARTS = 2
 #: How long shutdown waits for restarts in flight beyond their own stop timeout.
 SHUTDOWN_GRACE = 10.0
+#: Every container's first probe comes within this many seconds of watching it.
+FIRST_PROBE_SPREAD = 1.0
 #: Identical records within this many seconds are folded into one with a count.
 FOLD_INTERVAL = 10.0
 
@@ -667,13 +670,18 @@ class Daemon:
         self._timers[info.id] = self._spawn(self._probe_timer(ref, interval), f"timer-{info.name}")
 
     async def _probe_timer(self, ref: ContainerRef, interval: float) -> None:
-        # A random phase spreads probes of many containers over the interval.
-        await asyncio.sleep(random.uniform(0, interval))
-        while True:
+        # The first probe comes soon (within FIRST_PROBE_SPREAD), so a daemon
+        # that starts learns every container's state in seconds; then a random
+        # phase spreads the probes of many containers over the interval.
+        delays = itertools.chain(
+            (random.uniform(0, min(interval, FIRST_PROBE_SPREAD)), random.uniform(0, interval)),
+            itertools.repeat(interval),
+        )
+        for delay in delays:
+            await asyncio.sleep(delay)
             current = self._watched.get(ref.id)
             name = current.name if current else ref.name
             self._queue.put_nowait(ProbeTick(ContainerRef(ref.id, name)))
-            await asyncio.sleep(interval)
 
     # -- GPUs -----------------------------------------------------------------------
 

@@ -86,9 +86,9 @@ class TestSteps:
         assert rec.event == "container_restarted"
         assert rec.fields["cause"] == "persistence_off" and rec.fields["attempt"] == 1
         assert rec.fields["dry_run"] is False
-        out = h.later(4.9)
-        assert not of(out, RunProbe)  # start grace
-        out = h.later(0.1)
+        out = h.later(0.4)
+        assert not of(out, RunProbe)
+        out = h.later(0.1)  # VERIFY_FIRST after the restart, not start_grace
         (verify,) = of(out, RunProbe)
         assert isinstance(verify, RunProbe) and verify.purpose is ProbePurpose.VERIFY
         out = h.answer(ProbeResult.OK)
