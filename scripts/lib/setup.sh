@@ -6,7 +6,7 @@
 # setup_dockerd starts a Docker engine only when none answers, and registers
 # an EXIT trap that stops that one engine (by PID) again; an engine it did not
 # start is never touched. The caller's cwd must be the repository root.
-# (scripts/test carries the same steps inline; this is their reusable form.)
+# scripts/test, scripts/demo and scripts/bench all prepare the machine here.
 
 SETUP_NAME=${SETUP_NAME:-$(basename "$0")}
 BENCH_DIR=${BENCH_DIR:-$PWD/.bench}
@@ -21,7 +21,8 @@ setup_root_check() {
 
 setup_packages() {
     local pkg missing=()
-    for pkg in docker.io busybox-static gcc make pkg-config libsystemd-dev procps \
+    # debootstrap builds the systemd test image; the rest build the bench.
+    for pkg in docker.io busybox-static gcc make pkg-config libsystemd-dev debootstrap procps \
                python3 python3-venv python3-dev; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' \
             || missing+=("$pkg")
@@ -40,7 +41,7 @@ setup_venv() {
         say "creating .venv"
         "${PYTHON:-python3}" -m venv .venv
     fi
-    # The same stamp as scripts/test: reinstall only when pyproject.toml changed.
+    # Reinstall only when pyproject.toml changed since the last install.
     stamp=.venv/.gpuwatchd-test-stamp
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
