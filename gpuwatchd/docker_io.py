@@ -277,12 +277,8 @@ class DockerGateway:
 
     def inspect(self, ref: str) -> ContainerInfo | None:
         """Inspect one container by ID or name; None when it no longer exists."""
-        try:
-            return container_info(self._client.api.inspect_container(ref))
-        except docker.errors.NotFound:
-            return None
-        except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+        attrs = self.inspect_attrs(ref)
+        return None if attrs is None else container_info(attrs)
 
     def inspect_attrs(self, ref: str) -> dict[str, Any] | None:
         """The raw ``docker inspect`` data of one container; None when it does not exist.

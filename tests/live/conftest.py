@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
 import pytest
+from docker.models.containers import Container
 
+from tests.bench import ONAIR_LINE, log_lines, wait_for
 from tests.bench.gpu import GpuController
 from tests.live.daemon_process import DaemonProcess
 
@@ -79,3 +83,43 @@ def start_daemon(
 def watched(watch_label: str) -> dict[str, str]:
     """The labels that put a container in the test daemon's watch set."""
     return {watch_label: "1"}
+
+
+def started_at(container: Container) -> str:
+    container.reload()
+    return str(container.attrs["State"]["StartedAt"])
+
+
+@pytest.fixture
+def keep_revoking(gpu: GpuController) -> Iterator[Callable[[Container], None]]:
+    """Revoke device access of a container again after every restart: a fault
+    that a restart never cures (but which is no host cause)."""
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start(container: Container) -> None:
+        def loop() -> None:
+            seen = ""
+            while not stop.is_set():
+                try:
+                    now = started_at(container)
+                    if now != seen and container.attrs["State"]["Running"]:
+                        gpu.revoke_device_access(container)
+                        seen = now
+                except (docker.errors.APIError, OSError):
+                    pass  # between stop and start: try again
+                stop.wait(0.1)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    yield start
+    stop.set()
+    for thread in threads:
+        thread.join(5)
+
+
+def healthy(container: Container, timeout: float = 20) -> None:
+    wait_for(lambda: ONAIR_LINE in "\n".join(log_lines(container)), timeout,
+             message=f"{container.name} logs a healthy line")

@@ -70,7 +70,7 @@ class DaemonProcess:
                 if len(found) >= count:
                     return found[count - 1]
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.proc.poll() is not None and not found:
+                if remaining <= 0 or (self.proc.poll() is not None and not found):
                     break
                 self._changed.wait(min(remaining, 0.5))
         raise AssertionError(

@@ -11,10 +11,9 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ from docker.models.containers import Container
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatchd.exitcodes import ExitCode
-from tests.bench import ONAIR_LINE, log_lines, wait_for
+from tests.bench import wait_for
 from tests.bench.gpu import GpuController
-from tests.live.conftest import render_toml
+from tests.live.conftest import healthy, render_toml, started_at
 from tests.live.daemon_process import DaemonProcess
 
 FAST = {"probe": {"start_grace": "1s"}}
@@ -48,17 +47,7 @@ def status(daemon: DaemonProcess) -> dict[str, Any]:
 def container_status(daemon: DaemonProcess, name: str) -> dict[str, Any]:
     found = [c for c in status(daemon)["core"]["containers"] if c["name"] == name]
     assert found, f"{name} not in status"
-    return found[0]
-
-
-def healthy(container: Container, timeout: float = 20) -> None:
-    wait_for(lambda: ONAIR_LINE in "\n".join(log_lines(container)), timeout,
-             message=f"{container.name} logs a healthy line")
-
-
-def started_at(container: Container) -> str:
-    container.reload()
-    return str(container.attrs["State"]["StartedAt"])
+    return dict(found[0])
 
 
 def free_port() -> int:
@@ -77,39 +66,6 @@ def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 def sample(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
            **labels: str) -> float | None:
     return metrics.get((name, frozenset(labels.items())))
-
-
-@pytest.fixture
-def keep_revoking(gpu: GpuController) -> Iterator[Callable[[Container], None]]:
-    """Revoke a container's device access again after every restart (a fault no restart cures)."""
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def start(container: Container) -> None:
-        def loop() -> None:
-            seen = ""
-            while not stop.is_set():
-                try:
-                    now = started_at(container)
-                    if now != seen and container.attrs["State"]["Running"]:
-                        gpu.revoke_device_access(container)
-                        seen = now
-                except (docker.errors.APIError, OSError, RuntimeError):
-                    pass  # between stop and start: try again
-                stop.wait(0.1)
-
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
-        threads.append(thread)
-
-    yield start
-    stop.set()
-    for thread in threads:
-        thread.join(5)
-
-
-# --------------------------------------------------------------------------
-# No daemon
 
 
 def test_status_without_a_daemon_exits_3_with_one_line(tmp_path: Path) -> None:

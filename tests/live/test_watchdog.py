@@ -7,9 +7,8 @@ call log and the containers' real start times.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -17,28 +16,20 @@ import pytest
 from docker.models.containers import Container
 
 from gpuwatchd.control import request
-from tests.bench import ER05_LINE, ONAIR_LINE, log_lines, wait_for
+from tests.bench import ER05_LINE, log_lines, wait_for
+from tests.bench.engine import PrivateEngine
 from tests.bench.gpu import GpuController
+from tests.live.conftest import Sections, healthy, started_at
 from tests.live.daemon_process import DaemonProcess
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 #: Quick verification so tests do not wait for the 5 s default grace.
-FAST = {"probe": {"start_grace": "1s"}}
+FAST: Sections = {"probe": {"start_grace": "1s"}}
 
 
-def started_at(container: Container) -> str:
-    container.reload()
-    return str(container.attrs["State"]["StartedAt"])
-
-
-def healthy(container: Container, timeout: float = 20) -> None:
-    wait_for(lambda: ONAIR_LINE in "\n".join(log_lines(container)), timeout,
-             message=f"{container.name} logs a healthy line")
-
-
-def merge(*parts: dict[str, dict[str, object]]) -> dict[str, dict[str, object]]:
-    out: dict[str, dict[str, object]] = {}
+def merge(*parts: Sections) -> Sections:
+    out: Sections = {}
     for part in parts:
         for section, keys in part.items():
             out.setdefault(section, {}).update(keys)
@@ -54,36 +45,6 @@ def persistence_on_then_off(daemon: DaemonProcess, gpu: GpuController) -> None:
 def host_set_calls(gpu: GpuController) -> list[object]:
     """Persistence changes made by host processes (the daemon), not containers."""
     return [c for c in gpu.calls("nvmlDeviceSetPersistenceMode") if c.rc == 0]
-
-
-@pytest.fixture
-def keep_revoking(gpu: GpuController) -> Iterator[Callable[[Container], None]]:
-    """Revoke device access of a container again after every restart: a fault
-    that a restart never cures (but which is no host cause)."""
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def start(container: Container) -> None:
-        def loop() -> None:
-            seen = ""
-            while not stop.is_set():
-                try:
-                    now = started_at(container)
-                    if now != seen and container.attrs["State"]["Running"]:
-                        gpu.revoke_device_access(container)
-                        seen = now
-                except (docker.errors.APIError, OSError):
-                    pass  # between stop and start: try again
-                stop.wait(0.1)
-
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
-        threads.append(thread)
-
-    yield start
-    stop.set()
-    for thread in threads:
-        thread.join(5)
 
 
 def test_er05_lines_from_before_start_or_restart_are_ignored(
@@ -257,22 +218,22 @@ def test_operator_stop_is_respected_and_recreated_container_is_watched(
 
 def test_daemon_survives_an_engine_restart_and_heals_afterwards(
     # The engine comes first so it is torn down last, after its containers.
-    private_engine: object,
+    private_engine: PrivateEngine,
     gpu: GpuController, make_container: Callable[..., Container],
     start_daemon: Callable[..., DaemonProcess], watched: dict[str, str],
 ) -> None:
     """The private engine stops and starts: the daemon reconnects and heals a later fault."""
     engine = private_engine
-    client = engine.client()  # type: ignore[attr-defined]
+    client = engine.client()
     gpu.set_persistence(True)
     konomi = make_container("konomi", labels=watched, client=client,
                             restart_policy={"Name": "always"})
     healthy(konomi)
-    daemon = start_daemon(merge(FAST, {"docker": {"host": engine.socket_url}}))  # type: ignore[attr-defined]
+    daemon = start_daemon(merge(FAST, {"docker": {"host": engine.socket_url}}))
     daemon.wait_for("watch_set_changed", container=konomi.name, timeout=20)
-    engine.stop()  # type: ignore[attr-defined]
+    engine.stop()
     daemon.wait_for("docker_unavailable", timeout=30)
-    engine.start()  # type: ignore[attr-defined]
+    engine.start()
     daemon.wait_for("docker_available", timeout=60)
     konomi = client.containers.get(konomi.id)
     wait_for(lambda: (konomi.reload(), konomi.status)[1] == "running", 30,

@@ -136,6 +136,6 @@ def test_reload_during_a_probe_in_flight_checks_again_when_it_ends() -> None:
     assert not of(h.send(SystemdReloaded(h.now)), RunProbe)  # busy: no second probe now
     out = h.answer(ProbeResult.OK)  # the timer probe passes on stale access
     (again,) = of(out, RunProbe)
-    assert again.purpose is ProbePurpose.RELOAD
+    assert isinstance(again, RunProbe) and again.purpose is ProbePurpose.RELOAD
     out = h.answer(ProbeResult.NVML_UNKNOWN_ERROR, device_access_ok=False)
     assert of(out, RestartContainer)
