@@ -572,12 +572,14 @@ class Daemon:
             await self._feed(ContainerUnwatched(_ref(known), "renamed"))
         self._watched[info.id] = info
         if info.status == "running":
-            restarted = known is None or known.started_at != info.started_at
-            # A new start: read from the start (nothing older can be in it);
-            # first attach to a running container: from now, never the past.
-            since = info.started_at if (known is not None and restarted) else time.time()
-            if known is None and reason == "start":
-                since = info.started_at
+            if known is None:
+                # First sight: a container that has just started is read from
+                # its start; one already running, from now: never the past.
+                since = info.started_at if reason == "start" else time.time()
+            elif known.started_at != info.started_at:
+                since = info.started_at  # a new run: nothing older is in it
+            else:
+                since = time.time()  # the same run, attached again
             self._attach(info, since=since)
             self._ensure_timer(info)
         else:
@@ -617,10 +619,8 @@ class Daemon:
 
     def _attach(self, info: ContainerInfo, since: float) -> None:
         current = self._followers.get(info.id)
-        if current is not None and current.alive and current.since >= since - 1e-6:
-            return  # already following this instance from early enough
-        if current is not None and current.alive and info.started_at <= current.since:
-            return
+        if current is not None and current.alive and current.since >= info.started_at - 1e-3:
+            return  # already following this run of the container
         if current is not None:
             current.stop()
         follower = LogFollower(
