@@ -368,6 +368,7 @@ class DockerGateway:
             pass  # the stream was closed under us after a timeout
         finally:
             timer.cancel()
+            stream.close()  # its socket is not pooled: close it, do not leave it to GC
         output = b"".join(chunks)
         if timed_out.is_set():
             return ExecOutcome(None, output, timed_out=True)

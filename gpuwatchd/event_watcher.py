@@ -87,8 +87,9 @@ class EventWatcher:
                 for event in self._stream:
                     self.last_event_at = time.time()
                     self._on_event(event)
-            except Exception as exc:
+            except Exception as exc:  # the watcher must outlive any engine hiccup
                 error = f"{type(exc).__name__}: {exc}"
+            self._stream.close()
             if self._stopping.is_set():
                 return
             self._report_lost(error)

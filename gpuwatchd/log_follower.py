@@ -98,9 +98,11 @@ class LogFollower:
             error = " ".join(str(exc.explanation or exc).split())
         except DockerUnavailable as exc:
             error = str(exc)
-        except Exception as exc:
+        except Exception as exc:  # a follower must never die silently
             error = f"{type(exc).__name__}: {exc}"
         finally:
+            if self._stream is not None:
+                self._stream.close()  # ended by itself: release its connection now
             self._on_end(self.container_id, None if self._stopping.is_set() else error)
 
     def _line(self, raw: bytes) -> None:

@@ -338,7 +338,11 @@ def gpu_dropin_text(env: Mapping[str, str], writable: Sequence[Path]) -> str:
     none of this; the hardening itself is unchanged.
     """
     binds = " ".join(str(p) for p in writable)
-    return f"[Service]\n{_service_env(env)}\nBindPaths={binds}\n"
+    # The stand-in library too: a checkout under /tmp (CI clones anywhere)
+    # is hidden by PrivateTmp= like the state.
+    libs = " ".join(p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p)
+    read_only = f"BindReadOnlyPaths={libs}\n" if libs else ""
+    return f"[Service]\n{_service_env(env)}\nBindPaths={binds}\n{read_only}"
 
 
 def exposure(analyze_output: str, unit: str) -> float:
