@@ -308,9 +308,11 @@ class Daemon:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._gateway.close()
 
-    async def _drain_queue(self) -> None:
-        while not self._queue.empty():
-            await self._handle_item(self._queue.get_nowait())
+    async def _drain_queue(self, bound: float = 5.0) -> None:
+        # The dispatcher is still running: give it time to record the results.
+        deadline = time.monotonic() + bound
+        while not self._queue.empty() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     # -- signals ---------------------------------------------------------------------
 

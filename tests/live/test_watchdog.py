@@ -7,6 +7,7 @@ call log and the containers' real start times.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -350,3 +351,30 @@ def test_daemon_starts_degraded_without_docker(
     assert daemon.proc.poll() is None
     assert len(daemon.find("docker_unavailable")) == 1
     assert daemon.stop() == 0
+
+
+def test_sigterm_lets_a_restart_in_flight_finish_and_records_it(
+    gpu: GpuController, make_container: Callable[..., Container],
+    start_daemon: Callable[..., DaemonProcess], watched: dict[str, str],
+) -> None:
+    """SIGTERM during a slow restart: the restart completes, is recorded, exit 0."""
+    gpu.set_persistence(True)
+    # PID 1 ignores SIGTERM, so `docker restart` takes its whole stop timeout.
+    slow = make_container(
+        "konomi", labels=watched,
+        entrypoint=["sh", "-c", "trap '' TERM; sh /usr/local/bin/workload & wait"],
+    )
+    healthy(slow)
+    before = started_at(slow)
+    daemon = start_daemon(merge(FAST, {"remediation": {"restart_timeout": "3s"}}))
+    daemon.wait_for("watch_set_changed", container=slow.name, timeout=20)
+    gpu.revoke_device_access(slow)
+    daemon.wait_for("probe_failed", container=slow.name, timeout=30)
+    time.sleep(0.5)  # the restart is under way: Docker waits out the 3 s
+    daemon.signal(signal.SIGTERM)
+    assert daemon.proc.wait(30) == 0
+    daemon.stop()
+    restarted = daemon.find("container_restarted", container=slow.name)
+    assert restarted, daemon.summary()
+    assert daemon.events().index("daemon_stopping") < daemon.events().index("container_restarted")
+    assert started_at(slow) != before
