@@ -11,6 +11,8 @@ import asyncio
 import ctypes
 import gc
 import os
+import socket
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +20,14 @@ import pytest
 from blockbuster import BlockBuster
 from docker.models.containers import Container
 
-from gpuwatchd.config import Config, DaemonConfig, ProbeConfig, WatchConfig
+from gpuwatchd.config import (
+    Config,
+    DaemonConfig,
+    MetricsConfig,
+    NotifyConfig,
+    ProbeConfig,
+    WatchConfig,
+)
 from gpuwatchd.daemon import Daemon
 from gpuwatchd.records import Record
 from tests.bench import Bench, wait_for
@@ -49,10 +58,19 @@ async def test_a_heal_never_blocks_the_event_loop(
     await asyncio.to_thread(gpu.set_persistence, True)
     konomi = await asyncio.to_thread(make_container, "konomi", labels=watched)
 
+    # Notifications and metrics on too: their code runs on the loop as well.
+    notified = tmp_path / "notified.json"
+    hook = tmp_path / "hook.sh"
+    await asyncio.to_thread(_write_hook, hook, notified)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     config = Config(
         daemon=DaemonConfig(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"),
         probe=ProbeConfig(start_grace=1.0),
         watch=WatchConfig(labels=tuple(f"{k}={v}" for k, v in watched.items())),
+        notify=NotifyConfig(command=(str(hook),)),
+        metrics=MetricsConfig(listen=f"127.0.0.1:{port}"),
     )
     daemon = Daemon(config)
     seen: list[Record] = []
@@ -74,9 +92,23 @@ async def test_a_heal_never_blocks_the_event_loop(
         restarted = await record("container_restarted", 30)
         assert restarted.get("cause") == "device_access_lost"
         await record("container_recovered", 60)
+        scrape = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+        assert "gpuwatchd_restarts_total" in scrape
     finally:
         daemon.request_stop()
         assert await asyncio.wait_for(running, 60) == 0
         del daemon
         gc.collect()
     await asyncio.to_thread(wait_for, lambda: os.path.exists(tmp_path / "state"), 5)
+    text = await asyncio.to_thread(notified.read_text)
+    assert '"container_restarted"' in text
+
+
+def _write_hook(hook: Path, notified: Path) -> None:
+    hook.write_text(f"#!/bin/sh\ncat >> {notified}\n")
+    hook.chmod(0o755)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
