@@ -310,9 +310,8 @@ class Daemon:
 
     async def _drain_queue(self, bound: float = 5.0) -> None:
         # The dispatcher is still running: give it time to record the results.
-        deadline = time.monotonic() + bound
-        while not self._queue.empty() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._queue.join(), bound)
 
     # -- signals ---------------------------------------------------------------------
 
@@ -401,6 +400,8 @@ class Daemon:
             except Exception as exc:  # one bad item must not stop the daemon
                 self._record(make_record("internal_error", task=type(item).__name__,
                                          error=f"{type(exc).__name__}: {exc}"))
+            finally:
+                self._queue.task_done()
 
     async def _handle_item(self, item: object) -> None:
         if isinstance(item, _DockerEvent):

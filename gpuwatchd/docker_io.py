@@ -420,6 +420,40 @@ class _Stream:
         return self._closed
 
 
+class StreamThread:
+    """A dedicated thread that reads one Docker stream until stopped.
+
+    :meth:`stop` returns at once: it closes the stream, which ends the
+    blocking read on the thread. Subclasses implement :meth:`_run` and keep
+    the stream they read in ``self._stream``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._stopping = threading.Event()
+        self._stream: _Stream | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end; returns at once (the thread exits soon after)."""
+        self._stopping.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
 class LogStream(_Stream):
     """Raw log chunks (bytes); one chunk is one write of the program, not a line."""
 

@@ -7,20 +7,19 @@ events that happened while disconnected are not replayed reliably.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from tenacity import Future, Retrying, retry_if_exception_type, wait_exponential
 
-from gpuwatchd.docker_io import DockerGateway, DockerUnavailable, EventStream
+from gpuwatchd.docker_io import DockerGateway, DockerUnavailable, EventStream, StreamThread
 
 EventCallback = Callable[[dict[str, Any]], None]
 StatusCallback = Callable[[bool, str | None], None]  # (connected, error)
 
 
-class EventWatcher:
+class EventWatcher(StreamThread):
     """Streams container events; reports connection losses and recoveries."""
 
     def __init__(
@@ -35,26 +34,9 @@ class EventWatcher:
         self._on_status = on_status
         self._max_backoff = max_backoff
         self._connected: bool | None = None
-        self._stopping = threading.Event()
+        super().__init__("docker-events")
         self._stream: EventStream | None = None
-        self._thread = threading.Thread(target=self._run, name="docker-events", daemon=True)
         self.last_event_at = time.time()  #: for liveness checks
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        stream = self._stream
-        if stream is not None:
-            stream.close()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def _connect(self) -> EventStream:
         self._gateway.ping()

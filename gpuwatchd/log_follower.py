@@ -8,13 +8,12 @@ so a line written before it is never acted on.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import docker.errors
 
-from gpuwatchd.docker_io import DockerGateway, DockerUnavailable, LogStream
+from gpuwatchd.docker_io import DockerGateway, DockerUnavailable, LogStream, StreamThread
 from gpuwatchd.loglines import LineSplitter, clean
 from gpuwatchd.patterns import LogPattern, first_match
 
@@ -33,7 +32,7 @@ MatchCallback = Callable[[LogMatch], None]
 EndCallback = Callable[[str, str | None], None]
 
 
-class LogFollower:
+class LogFollower(StreamThread):
     """Follows ``docker logs -f --since <since>`` of one container."""
 
     def __init__(
@@ -55,28 +54,8 @@ class LogFollower:
         self._gateway = gateway
         self._on_match = on_match
         self._on_end = on_end
+        super().__init__(f"logs-{container_name}")
         self._stream: LogStream | None = None
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"logs-{container_name}", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Ask the follower to end; returns at once (the thread exits soon after)."""
-        self._stopping.set()
-        stream = self._stream
-        if stream is not None:
-            stream.close()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def _run(self) -> None:
         error: str | None = None
