@@ -108,7 +108,7 @@ from gpuwatchd.events import (
 )
 from gpuwatchd.records import ADVICE, FieldValue, make_record
 from gpuwatchd.state_store import ALL_CONTAINERS, PersistedState
-from gpuwatchd.types import Cause, Confidence, ProbeResult
+from gpuwatchd.types import ORCHESTRATOR_LABEL_PREFIXES, Cause, Confidence, ProbeResult
 
 #: At most one confirmation probe per container in this many seconds.
 CONFIRM_MIN_INTERVAL = 10.0
@@ -123,8 +123,6 @@ VERIFY_FIRST = 0.5
 #: A probe unanswered for probe.timeout plus this long is presumed lost (an
 #: executor bug must not silence a container forever).
 PROBE_LOST_AFTER = 60.0
-#: Labels that mark a container as managed by an orchestrator.
-ORCHESTRATOR_LABEL_PREFIXES = ("com.docker.swarm.", "io.kubernetes.")
 
 _HOST_CAUSES = {
     NvmlFailure.VERSION_MISMATCH: Cause.VERSION_MISMATCH,

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, TypeVar
 
 import docker.errors
@@ -40,6 +39,7 @@ from gpuwatchd.docker_io import (
     DockerGateway,
     DockerUnavailable,
     device_access_ok,
+    one_line,
 )
 from gpuwatchd.event_watcher import EventWatcher
 from gpuwatchd.events import (
@@ -86,7 +86,6 @@ from gpuwatchd.nvml import NvmlFailure as NvmlError
 from gpuwatchd.records import Record, RecordFolder, make_record
 from gpuwatchd.reload_watch import ReloadWatcher, ReloadWatchUnavailable
 from gpuwatchd.state_store import load_state, save_state, state_path
-from gpuwatchd.types import ProbeResult
 from gpuwatchd.watchset import is_watched
 
 T = TypeVar("T")
@@ -188,11 +187,9 @@ class Daemon:
         self._last_dispatch = time.monotonic()
         self._events: EventWatcher | None = None
         self._reload_stop = threading.Event()
-        self._reload_thread: threading.Thread | None = None
         self._control: ControlServer | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._gpu_poller: asyncio.Task[None] | None = None
-        self.log_matches = 0  #: matches seen (benchmarks and metrics read it)
         #: Called on the event loop with every record written (after folding):
         #: notifications and metrics hang here. Must not block.
         self.record_listeners: list[Callable[[Record], None]] = []
@@ -363,7 +360,7 @@ class Daemon:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        if threading.current_thread() is threading.main_thread() and _in_loop(loop):
+        if _in_loop(loop):
             self._queue.put_nowait(item)
         else:
             with contextlib.suppress(RuntimeError):  # the loop closed under us
@@ -515,7 +512,7 @@ class Daemon:
                 await self._blocking(self._gateway.restart, ref.id, action.timeout)
                 after = await self._inspect(ref.id)
             except (docker.errors.APIError, DockerUnavailable) as exc:
-                self._enqueue(RestartFinished(ref, RestartOutcome.FAILED, error=_line(exc)))
+                self._enqueue(RestartFinished(ref, RestartOutcome.FAILED, error=one_line(exc)))
                 return
         if after is None:
             self._enqueue(RestartFinished(ref, RestartOutcome.FAILED, error="container vanished"))
@@ -643,7 +640,6 @@ class Daemon:
             timer.cancel()
 
     def _on_log_match(self, match: LogMatch) -> None:
-        self.log_matches += 1
         self._enqueue(LogMatched(ContainerRef(match.container_id, match.container_name),
                                  match.pattern, match.line[:512]))
 
@@ -734,9 +730,7 @@ class Daemon:
             finally:
                 watcher.close()
 
-        self._reload_thread = threading.Thread(target=follow, name="systemd-reloads",
-                                               daemon=True)
-        self._reload_thread.start()
+        threading.Thread(target=follow, name="systemd-reloads", daemon=True).start()
 
     async def _heartbeat_forever(self) -> None:
         interval = sdnotify.watchdog_interval()
@@ -843,26 +837,8 @@ class Daemon:
             "docker_available": self._docker_ok,
             "nvml_available": self._nvml_ok,
             "status": self.status_line(),
-            "core": snap.to_json() if hasattr(snap, "to_json") else _plain(snap),
+            "core": snap.to_json(),
         }
-
-
-def _plain(value: Any) -> Any:
-    """Dataclasses, enums, tuples and mappings as JSON-ready data."""
-    from dataclasses import fields, is_dataclass
-    from enum import Enum
-
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -870,11 +846,6 @@ def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-def _line(exc: BaseException) -> str:
-    text = getattr(exc, "explanation", None) or str(exc)
-    return " ".join(str(text).split())
 
 
 def run_daemon(
@@ -891,4 +862,4 @@ def run_daemon(
         return int(ExitCode.OK)
 
 
-__all__ = ["Daemon", "ProbeResult", "run_daemon"]
+__all__ = ["Daemon", "run_daemon"]

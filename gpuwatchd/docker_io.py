@@ -22,8 +22,6 @@ import docker
 import docker.errors
 import requests.exceptions
 
-#: Orchestrators own these containers: gpuwatchd never restarts them itself.
-ORCHESTRATOR_LABEL_PREFIXES = ("com.docker.swarm.", "io.kubernetes.")
 #: Major number of the NVIDIA character devices (/dev/nvidia0.., /dev/nvidiactl).
 NVIDIA_MAJOR = 195
 NVIDIACTL_MINOR = 255
@@ -56,10 +54,6 @@ class ContainerInfo:
     @property
     def short_id(self) -> str:
         return self.id[:12]
-
-    @property
-    def orchestrated(self) -> bool:
-        return any(k.startswith(ORCHESTRATOR_LABEL_PREFIXES) for k in self.labels)
 
 
 @dataclass(frozen=True)
@@ -222,7 +216,7 @@ class DockerGateway:
                         max_pool_size=pool_size,
                     )
                 except DockerError as exc:
-                    raise DockerUnavailable(_one_line(exc)) from exc
+                    raise DockerUnavailable(one_line(exc)) from exc
                 self._clients[kind] = client
         return client
 
@@ -245,13 +239,13 @@ class DockerGateway:
         try:
             return str(self._client.version().get("Version", "unknown"))
         except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+            raise DockerUnavailable(one_line(exc)) from exc
 
     def info(self) -> dict[str, Any]:
         try:
             return dict(self._client.info())
         except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+            raise DockerUnavailable(one_line(exc)) from exc
 
     def list_containers(
         self, select: Callable[[ContainerInfo], bool] | None = None
@@ -265,7 +259,7 @@ class DockerGateway:
         try:
             summaries = self._client.api.containers(all=True)
         except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+            raise DockerUnavailable(one_line(exc)) from exc
         result = []
         for summary in summaries:
             if select is not None and not select(summary_info(summary)):
@@ -291,7 +285,7 @@ class DockerGateway:
         except docker.errors.NotFound:
             return None
         except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+            raise DockerUnavailable(one_line(exc)) from exc
 
     def recent_logs(self, ref: str, since: float, tail: int) -> bytes:
         """At most the last ``tail`` lines of stdout and stderr since ``since`` (epoch
@@ -310,19 +304,17 @@ class DockerGateway:
         except docker.errors.APIError:
             raise
         except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+            raise DockerUnavailable(one_line(exc)) from exc
         return bytes(data)
 
     def restart(self, ref: str, stop_timeout: float) -> None:
         """``docker restart`` with ``stop_timeout`` as the stop grace period."""
         try:
             self._client.api.restart(ref, timeout=round(stop_timeout))
-        except docker.errors.NotFound:
-            raise
         except docker.errors.APIError:
-            raise
+            raise  # the engine answered (NotFound included): the caller decides
         except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+            raise DockerUnavailable(one_line(exc)) from exc
 
     def exec_probe(self, ref: str, argv: tuple[str, ...], timeout: float,
                    max_output: int = MAX_PROBE_OUTPUT) -> ExecOutcome:
@@ -336,9 +328,9 @@ class DockerGateway:
             exec_id = api.exec_create(ref, list(argv), stdout=True, stderr=True)["Id"]
             stream = api.exec_start(exec_id, stream=True)
         except docker.errors.APIError as exc:
-            return ExecOutcome(None, b"", exec_error=_one_line(exc.explanation or exc))
+            return ExecOutcome(None, b"", exec_error=one_line(exc))
         except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+            raise DockerUnavailable(one_line(exc)) from exc
 
         timed_out = threading.Event()
 
@@ -375,7 +367,7 @@ class DockerGateway:
         try:
             exit_code = api.exec_inspect(exec_id).get("ExitCode")
         except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+            raise DockerUnavailable(one_line(exc)) from exc
         return ExecOutcome(None if exit_code is None else int(exit_code), output)
 
     def log_stream(self, ref: str, since: float) -> LogStream:
@@ -384,12 +376,10 @@ class DockerGateway:
             raw = self._stream_client.api.logs(
                 ref, stdout=True, stderr=True, stream=True, follow=True, since=since
             )
-        except docker.errors.NotFound:
-            raise
         except docker.errors.APIError:
-            raise
+            raise  # the engine answered (NotFound included): the caller decides
         except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+            raise DockerUnavailable(one_line(exc)) from exc
         return LogStream(raw)
 
     def event_stream(self, since: float | None = None) -> EventStream:
@@ -399,7 +389,7 @@ class DockerGateway:
                 since=since, decode=True, filters={"type": "container", "event": WATCHED_EVENTS}
             )
         except DockerError as exc:
-            raise DockerUnavailable(_one_line(exc)) from exc
+            raise DockerUnavailable(one_line(exc)) from exc
         return EventStream(raw)
 
 
@@ -489,6 +479,7 @@ def _pid_in_container(pid: int, container_id: str, proc: Path = Path("/proc")) -
         return False
 
 
-def _one_line(value: object) -> str:
-    text = str(value).strip()
+def one_line(value: object) -> str:
+    """An error or a text as one line: Docker's own explanation when it has one."""
+    text = str(getattr(value, "explanation", None) or value).strip()
     return " ".join(text.split()) or type(value).__name__

@@ -46,6 +46,7 @@ from gpuwatchd.docker_io import (
     DockerUnavailable,
     container_info,
     device_access_ok,
+    one_line,
     parse_docker_time,
 )
 from gpuwatchd.patterns import first_match
@@ -303,7 +304,7 @@ def container_facts(
     except DockerUnavailable:
         raise
     except Exception as exc:  # docker.errors.APIError: e.g. the "none" log driver
-        logs = LogFacts(patterns=tuple(p.source for p in patterns), error=_one_line(exc))
+        logs = LogFacts(patterns=tuple(p.source for p in patterns), error=one_line(exc))
     probe: ProbeFacts | None = None
     if info.status == "running":
         outcome = gateway.exec_probe(info.id, settings.probe_command, config.probe.timeout)
@@ -323,10 +324,6 @@ def container_facts(
         gpu_methods=gpu_methods(attrs, docker.default_runtime), probe=probe,
         device_access_ok=access, library_version=lib, logs=logs,
     )
-
-
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split()) or type(value).__name__
 
 
 # --------------------------------------------------------------------------
@@ -380,7 +377,7 @@ def gather(
         if gateway is None:
             gateway = DockerGateway(config.docker.host, timeout=config.docker.timeout)
     except Exception as exc:  # docker.errors.DockerException: a bad DOCKER_HOST
-        return Facts(_with_docker(host, DockerFacts(available=False, error=_one_line(exc))))
+        return Facts(_with_docker(host, DockerFacts(available=False, error=one_line(exc))))
     try:
         docker = docker_facts(gateway)
         host = _with_docker(host, docker)

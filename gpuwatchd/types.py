@@ -6,6 +6,9 @@ These names are part of the public record catalogue (the ``result`` and
 
 from enum import StrEnum
 
+#: Labels of containers an orchestrator owns: gpuwatchd never restarts them itself.
+ORCHESTRATOR_LABEL_PREFIXES = ("com.docker.swarm.", "io.kubernetes.")
+
 
 class ProbeResult(StrEnum):
     """Outcome of one in-container NVML check (``docker exec <c> nvidia-smi``)."""
