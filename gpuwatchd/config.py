@@ -16,7 +16,6 @@ import math
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -25,6 +24,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from gpuwatchd.compat import tomllib
 from gpuwatchd.patterns import REGEX_PREFIX, LogPattern
 
 DEFAULT_CONFIG_PATH = Path("/etc/gpuwatchd/config.toml")

@@ -81,7 +81,7 @@ class ControlServer:
                 answer: dict[str, Any] = {"ok": True, "result": await self._handler(request)}
             except ControlError as exc:
                 answer = {"ok": False, "error": str(exc)}
-            except (ValueError, TimeoutError) as exc:
+            except (ValueError, asyncio.TimeoutError) as exc:  # asyncio's own before 3.11
                 answer = {"ok": False, "error": f"bad request: {exc}"}
             writer.write(json.dumps(answer, default=str).encode() + b"\n")
             await writer.drain()

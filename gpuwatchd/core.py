@@ -67,9 +67,9 @@ The rules, in the words of issue 3:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from typing import Any
 
+from gpuwatchd.compat import StrEnum
 from gpuwatchd.config import Config, ContainerSettings
 from gpuwatchd.events import (
     Action,

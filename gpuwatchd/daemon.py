@@ -307,7 +307,7 @@ class Daemon:
 
     async def _drain_queue(self, bound: float = 5.0) -> None:
         # The dispatcher is still running: give it time to record the results.
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):  # asyncio's own before 3.11
             await asyncio.wait_for(self._queue.join(), bound)
 
     # -- signals ---------------------------------------------------------------------

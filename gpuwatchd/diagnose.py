@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime, timezone
 from typing import Any
 
+from gpuwatchd.compat import StrEnum
 from gpuwatchd.exitcodes import ExitCode
 from gpuwatchd.types import Cause, ProbeResult
 
@@ -293,7 +293,8 @@ _HOST_FAULT_SENTENCE = {
 def _when(epoch: float | None) -> str:
     if not epoch:
         return "unknown"
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    when = datetime.fromtimestamp(epoch, timezone.utc)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _gpu_list(gpus: Sequence[GpuFact]) -> str:

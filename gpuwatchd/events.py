@@ -34,9 +34,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
 
+from gpuwatchd.compat import StrEnum
 from gpuwatchd.config import Config
 from gpuwatchd.records import Record
 from gpuwatchd.state_store import PersistedState

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 import structlog
@@ -33,7 +33,7 @@ _LEVELS = {
 
 def _timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     # ISO 8601 with milliseconds, always UTC: the catalogue promises this shape.
-    event_dict["timestamp"] = datetime.now(UTC).isoformat(timespec="milliseconds")
+    event_dict["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
     return event_dict
 
 

@@ -24,7 +24,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,7 +62,7 @@ def notification_document(
 
     Tuples in the record's fields become lists; nothing else is changed.
     """
-    when = timestamp or datetime.now(UTC)
+    when = timestamp or datetime.now(timezone.utc)
     doc: dict[str, Any] = {
         key: list(value) if isinstance(value, tuple) else value
         for key, value in record.fields.items()
@@ -71,7 +71,7 @@ def notification_document(
         event=record.event,
         level=record.level.value,
         message=record.message,
-        timestamp=when.astimezone(UTC).isoformat(timespec="milliseconds"),
+        timestamp=when.astimezone(timezone.utc).isoformat(timespec="milliseconds"),
         message_id=record.message_id,
         host=host,
     )
@@ -122,7 +122,7 @@ async def run_command(argv: tuple[str, ...], payload: bytes, limit: float) -> No
         raise NotifyError(f"command {name} could not start: {exc.strerror or exc}") from None
     try:
         _out, err = await asyncio.wait_for(proc.communicate(payload), limit)
-    except TimeoutError:
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
         raise NotifyError(f"command {name} timed out after {limit:g}s and was killed") from None
     finally:
         if proc.returncode is None:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
+
+from gpuwatchd.compat import StrEnum
 
 #: The values a record field may hold: all of them map directly to JSON.
 FieldValue = str | int | float | bool | tuple[str, ...] | None

@@ -4,7 +4,7 @@ These names are part of the public record catalogue (the ``result`` and
 ``cause`` fields), so they never change meaning.
 """
 
-from enum import StrEnum
+from gpuwatchd.compat import StrEnum
 
 #: Labels of containers an orchestrator owns: gpuwatchd never restarts them itself.
 ORCHESTRATOR_LABEL_PREFIXES = ("com.docker.swarm.", "io.kubernetes.")

@@ -26,7 +26,7 @@
 #                      WARNING: this needs a daemon-reload, which on affected hosts
 #                      (Docker's systemd cgroup driver) itself revokes GPU access in
 #                      running containers; a running gpuwatchd then heals them.
-# Environment: PREFIX, CONFIG_DIR, UNIT_DIR, PYTHON (default python3, >= 3.11).
+# Environment: PREFIX, CONFIG_DIR, UNIT_DIR, PYTHON (default python3, >= 3.10).
 set -euo pipefail
 
 PREFIX=${PREFIX:-/opt/gpuwatchd}
@@ -60,9 +60,9 @@ done
 case $PREFIX in /?*) ;; *) die "PREFIX must be an absolute path, not '$PREFIX'" ;; esac
 [ "$PREFIX" != / ] || die "PREFIX must not be /"
 [ -f "$SRC/pyproject.toml" ] && [ -d "$SRC/gpuwatchd" ] || die "run it from a gpuwatchd working tree ($SRC has no pyproject.toml)"
-command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11 or newer"
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-    || die "$PYTHON is $("$PYTHON" -c 'import sys; print(sys.version.split()[0])'); gpuwatchd needs 3.11 or newer"
+command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.10 or newer (apt-get install python3)"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+    || die "$PYTHON is $("$PYTHON" -c 'import sys; print(sys.version.split()[0])'); gpuwatchd needs Python 3.10 or newer: install it, or point PYTHON= at one"
 if [ -n "$WHEEL_DIR" ]; then
     [ -d "$WHEEL_DIR" ] || die "--wheel-dir $WHEEL_DIR is not a directory"
     WHEEL_DIR=$(cd "$WHEEL_DIR" && pwd)

@@ -36,17 +36,45 @@ setup_packages() {
 }
 
 setup_venv() {
-    local stamp want
-    if [ ! -x .venv/bin/python ]; then
-        say "creating .venv"
-        "${PYTHON:-python3}" -m venv .venv
+    setup_venv_for "${PYTHON:-python3}" .venv
+}
+
+# The supported Pythons (pyproject's requires-python and classifiers agree).
+SUPPORTED_PYTHONS="3.10 3.11 3.12 3.13"
+
+# Print one interpreter path per supported version found on this machine,
+# pyenv's versions directory first, then PATH; GPUWATCHD_PYTHONS (paths,
+# space-separated) replaces the search.
+setup_find_pythons() {
+    local v candidate root
+    if [ -n "${GPUWATCHD_PYTHONS:-}" ]; then
+        printf '%s\n' $GPUWATCHD_PYTHONS
+        return 0
     fi
-    # Reinstall only when pyproject.toml changed since the last install.
-    stamp=.venv/.gpuwatchd-test-stamp
+    root=$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")
+    for v in $SUPPORTED_PYTHONS; do
+        for candidate in "$root"/versions/"$v".*/bin/python"$v" "$(command -v "python$v" || true)"; do
+            if [ -x "$candidate" ] && "$candidate" -c 'import venv' 2>/dev/null; then
+                echo "$candidate"
+                break
+            fi
+        done
+    done
+}
+
+# setup_venv_for PYTHON DIR: DIR holds a venv of PYTHON with the project and
+# its test extras, refreshed only when pyproject.toml changed.
+setup_venv_for() {
+    local python=$1 dir=$2 stamp want
+    if [ ! -x "$dir/bin/python" ]; then
+        say "creating $dir ($("$python" -V 2>&1))"
+        "$python" -m venv "$dir"
+    fi
+    stamp=$dir/.gpuwatchd-test-stamp
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        say "installing the project with its test extras into .venv"
-        .venv/bin/python -m pip install -q -e '.[test]'
+        say "installing the project with its test extras into $dir"
+        "$dir/bin/python" -m pip install -q -e '.[test]'
         echo "$want" > "$stamp"
     fi
 }

@@ -27,7 +27,6 @@ import shlex
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import docker.errors
 import pytest
 from docker.models.containers import Container
 
+from gpuwatchd.compat import tomllib
 from tests.systemd.image import ensure_image
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from gpuwatchd import config as config_module
+from gpuwatchd.compat import tomllib
 from gpuwatchd.config import (
     MAX_CONFIG_BYTES,
     MAX_DURATION,
