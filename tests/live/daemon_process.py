@@ -80,12 +80,19 @@ class DaemonProcess:
 
     def wait_until(self, predicate: Callable[[list[Record]], bool], timeout: float,
                    what: str) -> None:
+        """Wait until ``predicate(records)`` holds; fail at the timeout, or at once
+        when the daemon has exited (a dead daemon writes no more records)."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while not predicate(self.records):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise AssertionError(f"timed out waiting for {what}; {self.summary()}")
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    raise AssertionError(
+                        f"the daemon exited (rc={self.proc.returncode}) before {what}; "
+                        f"other output: {self.other_lines[-20:]}"
+                    )
                 self._changed.wait(min(remaining, 0.5))
 
     def summary(self) -> str:
