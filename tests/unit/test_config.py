@@ -347,7 +347,11 @@ ERROR_CASES = [
     ('[logs]\npatterns = ["ok", ""]\n', "logs.patterns[1]", "must not be empty"),
     ('[logs]\npatterns = ["re:"]\n', "logs.patterns[0]", "must not be empty"),
     ('[logs]\npatterns = ["re:("]\n', "logs.patterns[0]", 'invalid regular expression "re:("'),
-    ('[logs]\npatterns = ["re:a{4294967296}"]\n', "logs.patterns[0]", "invalid regular expression"),
+    ('[logs]\npatterns = ["re:."]\n', "logs.patterns[0]", "would match every line"),
+    ('[logs]\npatterns = ["re:^"]\n', "logs.patterns[0]", "would match every line"),
+    ('[logs]\npatterns = ["re:(a)\\\\1"]\n', "logs.patterns[0]", "backreferences and lookarounds"),
+    ('[logs]\npatterns = ["re:(?=a)b"]\n', "logs.patterns[0]", "not supported"),
+    ('[logs]\npatterns = ["re:a{1001}"]\n', "logs.patterns[0]", "invalid regular expression"),
     (
         '[containers.KonomiTV]\npatterns = ["(ER-05)", "re:["]\n',
         "containers.KonomiTV.patterns[1]",
