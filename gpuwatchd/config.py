@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpuwatchd.compat import tomllib
-from gpuwatchd.patterns import REGEX_PREFIX, LogPattern
+from gpuwatchd.patterns import REGEX_PREFIX, LogPattern, PatternError
 
 DEFAULT_CONFIG_PATH = Path("/etc/gpuwatchd/config.toml")
 
@@ -398,8 +398,9 @@ def _patterns(value: object, key: _Key) -> tuple[LogPattern, ...]:
             raise _Invalid((*key, i), "a pattern must not be empty: it would match every line")
         try:
             patterns.append(LogPattern(source))
-        except (re.error, OverflowError, RecursionError) as e:
-            raise _Invalid((*key, i), f"invalid regular expression {_show(source)}: {e}") from None
+        except PatternError as e:
+            what = "invalid regular expression" if source.startswith(REGEX_PREFIX) else "pattern"
+            raise _Invalid((*key, i), f"{what} {_show(source)}: {e}") from None
     return tuple(patterns)
 
 
