@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpuwatchd.compat import tomllib
-from gpuwatchd.patterns import REGEX_PREFIX, LogPattern
+from gpuwatchd.patterns import REGEX_PREFIX, LogPattern, PatternError
 
 DEFAULT_CONFIG_PATH = Path("/etc/gpuwatchd/config.toml")
 
@@ -256,6 +256,8 @@ def _show(value: object) -> str:
 #: The longest accepted duration: anything longer is a typo, and huge values
 #: overflow timer arithmetic further down.
 MAX_DURATION = 365 * 86400.0
+#: The shortest duration any key takes: below it a timer becomes a busy loop.
+MIN_DURATION = 0.01
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_PART = r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(ms|s|m|h)"
 _DURATION = re.compile(rf"(?:{_DURATION_PART}\s*)+", re.ASCII)
@@ -265,10 +267,11 @@ _DURATION_HINT = 'such as "500ms", "30s", "5m", "1h" or a number of seconds'
 def parse_duration(value: str | float) -> float:
     """Seconds from ``"500ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"1h30m"`` or a number.
 
-    A number means seconds. The result is positive and at most :data:`MAX_DURATION`.
+    A number means seconds. The result is at least :data:`MIN_DURATION` (a
+    shorter one would make a busy loop) and at most :data:`MAX_DURATION`.
 
     Raises:
-        ValueError: for zero, a negative value, a boolean, a non-finite number,
+        ValueError: for zero, a negative value, one below 10 ms, a boolean, a non-finite number,
             a string without a unit, or anything else; the message is one line
             ending in the offending value.
     """
@@ -292,6 +295,8 @@ def parse_duration(value: str | float) -> float:
             seconds = math.inf
     if math.isnan(seconds) or seconds <= 0:
         raise ValueError(f"must be a positive duration, got {_show(value)}")
+    if seconds < MIN_DURATION:
+        raise ValueError(f"must be at least 10ms, got {_show(value)}")
     if seconds > MAX_DURATION:
         raise ValueError(f"must be at most 365 days, got {_show(value)}")
     return seconds
@@ -398,8 +403,9 @@ def _patterns(value: object, key: _Key) -> tuple[LogPattern, ...]:
             raise _Invalid((*key, i), "a pattern must not be empty: it would match every line")
         try:
             patterns.append(LogPattern(source))
-        except (re.error, OverflowError, RecursionError) as e:
-            raise _Invalid((*key, i), f"invalid regular expression {_show(source)}: {e}") from None
+        except PatternError as e:
+            what = "invalid regular expression" if source.startswith(REGEX_PREFIX) else "pattern"
+            raise _Invalid((*key, i), f"{what} {_show(source)}: {e}") from None
     return tuple(patterns)
 
 
@@ -585,6 +591,9 @@ def _parse_document(document: dict[str, object], source: Path | None) -> Config:
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
+_TOO_DEEP = "invalid TOML: nested too deeply (no gpuwatchd key is more than 3 levels deep)"
+
+
 def load_config_text(text: str, source: Path | None = None) -> Config:
     """Parse and validate a whole TOML document; ``source`` only names it in errors.
 
@@ -597,10 +606,14 @@ def load_config_text(text: str, source: Path | None = None) -> Config:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"invalid TOML: {e}", source=label) from None
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP, source=label) from None
     try:
         return _parse_document(document, source)
     except _Invalid as e:
         raise ConfigError(e.problem, source=label, key=_dotted(e.key)) from None
+    except RecursionError:
+        raise ConfigError(_TOO_DEEP, source=label) from None
 
 
 def _check_owner(path: Path, st: os.stat_result) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,11 @@ SOCKET_NAME = "control.sock"
 #: A request larger than this is refused: the channel carries commands, not data.
 MAX_REQUEST = 64 * 1024
 
+#: Requests are flat objects; anything nested deeper than this is refused.
+MAX_DEPTH = 4
+#: The longest pause a request may ask for (a year: "for ever" is ``for`` left out).
+MAX_PAUSE = 365 * 24 * 3600
+
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
@@ -32,6 +38,59 @@ class ControlError(Exception):
 
 class NoDaemon(Exception):
     """No daemon answered on the control socket."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number the control channel takes")
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def parse_request(line: bytes) -> dict[str, Any]:
+    """Decode one request line into a JSON object.
+
+    Raises:
+        ValueError: ``bad request: …`` for anything else: invalid JSON, NaN or
+            Infinity, nesting deeper than :data:`MAX_DEPTH`, a non-object.
+    """
+    if len(line) > MAX_REQUEST:
+        raise ValueError("bad request: request too large")
+    try:
+        request = json.loads(line, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("bad request: nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"bad request: {exc}") from None
+    if not isinstance(request, dict):
+        raise ValueError("bad request: request must be a JSON object")
+    if _depth(request) > MAX_DEPTH:
+        raise ValueError("bad request: nested too deeply")
+    return request
+
+
+def pause_duration(value: object) -> float | None:
+    """The ``for`` of a pause request as seconds, or None for no end.
+
+    Raises:
+        ControlError: not a finite number above 0 and at most :data:`MAX_PAUSE`
+            (a bool is not a number here).
+    """
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 < value <= MAX_PAUSE
+    ):
+        raise ControlError(f"'for' must be a number of seconds above 0 and at most {MAX_PAUSE}")
+    return float(value)
 
 
 def socket_path(runtime_dir: Path) -> Path:
@@ -73,16 +132,16 @@ class ControlServer:
         try:
             try:
                 line = await asyncio.wait_for(reader.readline(), timeout=5.0)
-                if len(line) > MAX_REQUEST:
-                    raise ValueError("request too large")
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("request must be a JSON object")
+                request = parse_request(line)
                 answer: dict[str, Any] = {"ok": True, "result": await self._handler(request)}
             except ControlError as exc:
                 answer = {"ok": False, "error": str(exc)}
-            except (ValueError, asyncio.TimeoutError) as exc:  # asyncio's own before 3.11
-                answer = {"ok": False, "error": f"bad request: {exc}"}
+            except ValueError as exc:
+                text = str(exc)
+                answer = {"ok": False, "error": text if text.startswith("bad request") else
+                          f"bad request: {text}"}
+            except asyncio.TimeoutError:  # asyncio's own before 3.11
+                answer = {"ok": False, "error": "bad request: no request line within 5s"}
             writer.write(json.dumps(answer, default=str).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, OSError):

@@ -32,7 +32,7 @@ import structlog
 from gpuwatchd import __version__, sdnotify
 from gpuwatchd.classify import classify_probe
 from gpuwatchd.config import Config, ConfigError, load_config
-from gpuwatchd.control import ControlError, ControlServer
+from gpuwatchd.control import ControlError, ControlServer, pause_duration
 from gpuwatchd.core import Core
 from gpuwatchd.docker_io import (
     ContainerInfo,
@@ -813,10 +813,8 @@ class Daemon:
             self._queue.put_nowait(ResetRequested(container))
             return {"reset": container or "all"}
         if command == "pause":
-            duration = request.get("for")
-            if duration is not None and (not isinstance(duration, int | float) or duration <= 0):
-                raise ControlError("'for' must be a positive number of seconds")
-            until = None if duration is None else time.time() + float(duration)
+            duration = pause_duration(request.get("for"))
+            until = None if duration is None else time.time() + duration
             self._queue.put_nowait(PauseRequested(container, until))
             return {"paused": container or "all", "until": until}
         if command == "resume":

@@ -25,9 +25,12 @@ back with a one-line warning for the daemon to record.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import secrets
+import stat
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +39,12 @@ from types import MappingProxyType
 from typing import Any
 
 STATE_VERSION = 1
+#: A state file larger than this is not ours: real ones are a few KiB.
+MAX_STATE_BYTES = 1 << 20
+#: How far past the wall clock a recorded time may lie (clock steps, NTP).
+CLOCK_SLACK = 300.0
+#: The longest pause a state file may hold, from now (the control channel's cap).
+MAX_PAUSE_AHEAD = 365 * 86400.0
 STATE_FILE_NAME = "state.json"
 #: The key in ``paused`` that pauses every container.
 ALL_CONTAINERS = "*"
@@ -73,14 +82,20 @@ class PersistedState:
         }
 
     @classmethod
-    def from_json(cls, doc: object) -> PersistedState:
+    def from_json(cls, doc: object, *, now: float | None = None) -> PersistedState:
         """Parse a version-1 document.
+
+        With ``now`` (epoch seconds), times later than ``now`` plus
+        :data:`CLOCK_SLACK` are refused (a pause may end up to a year ahead):
+        a restart "in the future" would hold a budget spent for ever.
 
         Raises:
             StateVersionError: when the version is not :data:`STATE_VERSION`.
             ValueError: when the document is not a valid state (any wrong shape
                 rejects the whole file: half a budget is worse than none).
         """
+        past = math.inf if now is None else now + CLOCK_SLACK
+        ahead = math.inf if now is None else now + MAX_PAUSE_AHEAD + CLOCK_SLACK
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
         version = doc.get("version")
@@ -92,16 +107,18 @@ class PersistedState:
         if unknown:
             raise ValueError(f"unknown key(s) {sorted(unknown)}")
         restarts = {
-            name: tuple(sorted(_times(f"restarts.{name}", v)))
+            name: tuple(sorted(_times(f"restarts.{name}", v, past)))
             for name, v in _object(doc, "restarts").items()
         }
-        given_up = {k: _time(f"given_up.{k}", v) for k, v in _object(doc, "given_up").items()}
+        given_up = {
+            k: _time(f"given_up.{k}", v, past) for k, v in _object(doc, "given_up").items()
+        }
         paused = {
-            k: None if v is None else _time(f"paused.{k}", v)
+            k: None if v is None else _time(f"paused.{k}", v, ahead)
             for k, v in _object(doc, "paused").items()
         }
         disabled = {
-            k: _time(f"gpu_last_disabled.{k}", v)
+            k: _time(f"gpu_last_disabled.{k}", v, past)
             for k, v in _object(doc, "gpu_last_disabled").items()
         }
         return cls(
@@ -129,16 +146,44 @@ def _object(doc: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def _time(where: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+def _time(where: str, value: object, latest: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"'{where}' is not a time in seconds")
+    if value > latest:
+        raise ValueError(f"'{where}' lies in the future")
     return float(value)
 
 
-def _times(where: str, value: object) -> list[float]:
+def _times(where: str, value: object, latest: float) -> list[float]:
     if not isinstance(value, list):
         raise ValueError(f"'{where}' is not a list")
-    return [_time(where, v) for v in value]
+    return [_time(where, v, latest) for v in value]
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most MAX_STATE_BYTES.
+
+    Never follows a symlink and never blocks on a FIFO or device.
+
+    Raises:
+        FileNotFoundError: no file.
+        ValueError: a symlink, not a regular file, or too large.
+        OSError: cannot be read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError("a symbolic link, not a regular file") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        data = f.read(MAX_STATE_BYTES + 1)
+    if len(data) > MAX_STATE_BYTES:
+        raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+    return data
 
 
 def state_path(state_dir: Path) -> Path:
@@ -154,20 +199,20 @@ def load_state(path: Path, *, now: float | None = None) -> tuple[PersistedState,
     in the warning); ``now`` (epoch seconds, default the wall clock) stamps
     that name.
     """
+    when = time.time() if now is None else now
     try:
-        raw = path.read_bytes()
+        raw = _read_regular(path)
+        return PersistedState.from_json(json.loads(raw), now=when), None
     except FileNotFoundError:
         return PersistedState(), None
-    except OSError as exc:
-        # Unreadable (permissions, I/O error): nothing to move; say so.
-        return PersistedState(), f"cannot read state file {path}: {exc.strerror or exc}"
-    try:
-        return PersistedState.from_json(json.loads(raw)), None
     except StateVersionError as exc:
         kind, reason = f"unsupported-v{exc.version}", str(exc)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         kind, reason = "corrupt", f"corrupt ({exc})"
-    moved = _move_aside(path, kind, time.time() if now is None else now)
+    except OSError as exc:
+        # Unreadable (permissions, I/O error): nothing to move; say so.
+        return PersistedState(), f"cannot read state file {path}: {exc.strerror or exc}"
+    moved = _move_aside(path, kind, when)
     where = f"moved to {moved}" if moved else "could not move it aside"
     return PersistedState(), f"state file {path} {reason}; starting with empty state, {where}"
 
@@ -195,11 +240,13 @@ def save_state(path: Path, state: PersistedState) -> None:
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     data = (json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n").encode()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    # A fresh random name, created exclusively and never through a symlink: a
+    # file planted in the directory cannot make root write or chmod another.
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
     try:
         try:
-            os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover temp file
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

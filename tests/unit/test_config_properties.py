@@ -22,6 +22,7 @@ from gpuwatchd import config as config_module
 from gpuwatchd.cli import main
 from gpuwatchd.config import (
     MAX_DURATION,
+    MIN_DURATION,
     Config,
     ConfigError,
     ContainerOverride,
@@ -224,7 +225,7 @@ def test_parse_duration_total(value: Any) -> None:
 
 
 positive_seconds = st.floats(
-    min_value=1e-12, max_value=MAX_DURATION, allow_nan=False
+    min_value=MIN_DURATION, max_value=MAX_DURATION, allow_nan=False
 ) | st.integers(min_value=1, max_value=int(MAX_DURATION)).map(float)
 
 

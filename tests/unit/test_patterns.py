@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
-from gpuwatchd.patterns import MAX_MATCH_CHARS, LogPattern, first_match
+from gpuwatchd.patterns import MAX_MATCH_CHARS, LogPattern, PatternError, first_match
 
 ER05 = "チューナーとの接続が切断されました。エンコードタスクを再起動しています… (ER-05)"
 
@@ -25,7 +23,6 @@ ER05 = "チューナーとの接続が切断されました。エンコードタ
         ("re:(ER-05)", "ER-05", True),  # a regex: the parentheses group
         ("re:^(ER-05)", ER05, False),
         ("re:(?i)er-05", ER05, True),
-        ("re:", "anything", True),  # the loader refuses it; the class just compiles it
     ],
 )
 def test_matches(source: str, line: str, matches: bool) -> None:
@@ -43,8 +40,32 @@ def test_only_the_head_of_a_long_line_is_matched() -> None:
 
 def test_invalid_regex_raises_at_construction() -> None:
     """A bad "re:" pattern fails when built (config load), never while matching."""
-    with pytest.raises(re.error):
+    with pytest.raises(PatternError, match="missing"):
         LogPattern("re:(")
+
+
+@pytest.mark.timeout(20)  # a hang guard, not a timing assertion: re backtracks for hours
+@pytest.mark.parametrize("source", ["re:(a+)+$", "re:(a|a)*b", "re:(a|aa)+$", "re:(a|a?)+b"])
+def test_catastrophic_patterns_run_in_linear_time(source: str) -> None:
+    """Patterns that make Python's re backtrack exponentially end at once on RE2."""
+    pattern = LogPattern(source)
+    for n in (26, 35, MAX_MATCH_CHARS - 1):
+        assert pattern.matches("a" * n + "!") is False
+
+
+@pytest.mark.parametrize("source", [r"re:(a)\1", "re:(?=ER)ER-05", "re:(?<!x)ER-05",
+                                    "re:(?!x)ER"])
+def test_backreferences_and_lookarounds_are_refused_with_a_hint(source: str) -> None:
+    with pytest.raises(PatternError, match="not supported: patterns run on RE2"):
+        LogPattern(source)
+
+
+@pytest.mark.parametrize("source", ["re:", "re:.", "re:^", "re:$", "re:.*", "re:x*", "re:(?s).",
+                                    "re:[\\s\\S]"])
+def test_a_pattern_that_matches_every_line_is_refused(source: str) -> None:
+    """Every line would then ask for a probe: such a pattern is a mistake."""
+    with pytest.raises(PatternError, match="would match every line"):
+        LogPattern(source)
 
 
 def test_equality_is_by_source() -> None:

@@ -13,12 +13,18 @@ from hypothesis import strategies as st
 
 from gpuwatchd.state_store import (
     ALL_CONTAINERS,
+    CLOCK_SLACK,
+    MAX_STATE_BYTES,
+    STATE_FILE_NAME,
     STATE_VERSION,
     PersistedState,
     load_state,
     save_state,
     state_path,
 )
+
+#: A fixed "now" for the tests of times in the future (2026-12-01).
+NOW = 1796083200.0
 
 SAMPLE = PersistedState(
     restarts={"KonomiTV": (100.0, 250.5), "other": (7.0,)},
@@ -135,3 +141,77 @@ def test_any_state_round_trips(
     state = PersistedState(restarts, given_up, paused, disabled)
     doc = json.loads(json.dumps(state.to_json()))
     assert PersistedState.from_json(doc).to_json() == state.to_json()
+
+
+# -- untrusted files: a planted file never makes root read, block on or write another ------
+
+
+def test_a_symlink_at_the_state_path_is_not_followed(tmp_path: Path) -> None:
+    """A symlink is refused as not a regular file, and moved aside; its target is untouched."""
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps(PersistedState().to_json()))
+    path = tmp_path / STATE_FILE_NAME
+    path.symlink_to(target)
+    state, warning = load_state(path, now=NOW)
+    assert state == PersistedState()
+    assert warning is not None and "symbolic link" in warning
+    assert target.read_text() == json.dumps(PersistedState().to_json())
+
+
+@pytest.mark.timeout(20)  # a hang guard: before, reading a FIFO blocked start-up for ever
+def test_a_fifo_at_the_state_path_does_not_block(tmp_path: Path) -> None:
+    path = tmp_path / STATE_FILE_NAME
+    os.mkfifo(path)
+    state, warning = load_state(path, now=NOW)
+    assert state == PersistedState()
+    assert warning is not None and "not a regular file" in warning
+
+
+def test_an_oversized_state_file_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / STATE_FILE_NAME
+    path.write_bytes(b" " * (MAX_STATE_BYTES + 1))
+    state, warning = load_state(path, now=NOW)
+    assert state == PersistedState()
+    assert warning is not None and f"larger than {MAX_STATE_BYTES} bytes" in warning
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"version": 1, "restarts": {"k": [1e300]}},
+        {"version": 1, "restarts": {"k": [NOW + CLOCK_SLACK + 1]}},
+        {"version": 1, "given_up": {"k": NOW + 86400}},
+        {"version": 1, "gpu_last_disabled": {"GPU-1": 1e300}},
+        {"version": 1, "paused": {"k": NOW + 400 * 86400}},
+    ],
+)
+def test_times_in_the_future_are_refused(tmp_path: Path, doc: dict[str, object]) -> None:
+    """A restart "in the future" would hold a budget spent for ever."""
+    path = tmp_path / STATE_FILE_NAME
+    path.write_text(json.dumps(doc))
+    state, warning = load_state(path, now=NOW)
+    assert state == PersistedState()
+    assert warning is not None and "lies in the future" in warning
+
+
+def test_a_pause_up_to_a_year_ahead_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / STATE_FILE_NAME
+    path.write_text(json.dumps({"version": 1, "paused": {"k": NOW + 300 * 86400, "*": None}}))
+    state, warning = load_state(path, now=NOW)
+    assert warning is None
+    assert state.paused == {"k": NOW + 300 * 86400, "*": None}
+
+
+def test_save_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    """Symlinks planted at every name the old writer used leave their targets alone."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    victim.chmod(0o644)
+    path = tmp_path / STATE_FILE_NAME
+    for pid in range(os.getpid() - 5, os.getpid() + 5):
+        (tmp_path / f".{STATE_FILE_NAME}.tmp-{pid}").symlink_to(victim)
+    save_state(path, PersistedState(given_up={"k": NOW}))
+    assert victim.read_text() == "precious"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert load_state(path, now=NOW) == (PersistedState(given_up={"k": NOW}), None)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
