@@ -23,9 +23,5 @@ else:  # pragma: no cover - exercised by the 3.10 unit run
         __str__ = str.__str__
         __format__ = str.__format__  # type: ignore[assignment]
 
-        @staticmethod
-        def _generate_next_value_(name: str, start: int, count: int, last: list[str]) -> str:
-            return name.lower()
-
 
 __all__ = ["StrEnum", "tomllib"]

@@ -591,7 +591,7 @@ def _parse_document(document: dict[str, object], source: Path | None) -> Config:
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
-_TOO_DEEP = "invalid TOML: nested too deeply (no gpuwatchd key is more than 3 levels deep)"
+_TOO_DEEP = "invalid TOML: nested too deeply for a gpuwatchd config"
 
 
 def load_config_text(text: str, source: Path | None = None) -> Config:

@@ -20,14 +20,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from gpuwatchd.config import MAX_DURATION
+
 SOCKET_NAME = "control.sock"
 #: A request larger than this is refused: the channel carries commands, not data.
 MAX_REQUEST = 64 * 1024
 
 #: Requests are flat objects; anything nested deeper than this is refused.
 MAX_DEPTH = 4
-#: The longest pause a request may ask for (a year: "for ever" is ``for`` left out).
-MAX_PAUSE = 365 * 24 * 3600
+#: The longest pause a request may ask for: the longest duration anywhere
+#: ("for ever" is ``for`` left out).
+MAX_PAUSE = MAX_DURATION
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -89,7 +92,7 @@ def pause_duration(value: object) -> float | None:
         or not math.isfinite(value)
         or not 0 < value <= MAX_PAUSE
     ):
-        raise ControlError(f"'for' must be a number of seconds above 0 and at most {MAX_PAUSE}")
+        raise ControlError(f"'for' must be a number of seconds above 0 and at most {MAX_PAUSE:g}")
     return float(value)
 
 

@@ -38,13 +38,15 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from gpuwatchd.config import MAX_DURATION
+
 STATE_VERSION = 1
 #: A state file larger than this is not ours: real ones are a few KiB.
 MAX_STATE_BYTES = 1 << 20
 #: How far past the wall clock a recorded time may lie (clock steps, NTP).
 CLOCK_SLACK = 300.0
-#: The longest pause a state file may hold, from now (the control channel's cap).
-MAX_PAUSE_AHEAD = 365 * 86400.0
+#: The longest pause a state file may hold, from now: the longest duration anywhere.
+MAX_PAUSE_AHEAD = MAX_DURATION
 STATE_FILE_NAME = "state.json"
 #: The key in ``paused`` that pauses every container.
 ALL_CONTAINERS = "*"
