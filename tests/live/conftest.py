@@ -59,7 +59,7 @@ def start_daemon(
     procs: list[DaemonProcess] = []
 
     def start(sections: Sections | None = None, *args: str,
-              env: dict[str, str] | None = None) -> DaemonProcess:
+              env: dict[str, str] | None = None, nofile: int | None = None) -> DaemonProcess:
         merged: Sections = {
             "daemon": {"state_dir": str(tmp_path / "state"),
                        "runtime_dir": str(tmp_path / "run")},
@@ -70,7 +70,7 @@ def start_daemon(
         path = tmp_path / "config.toml"
         path.write_text(render_toml(merged))
         path.chmod(0o600)
-        proc = DaemonProcess(path, {**gpu.env(), **(env or {})}, *args)
+        proc = DaemonProcess(path, {**gpu.env(), **(env or {})}, *args, nofile=nofile)
         procs.append(proc)
         return proc
 

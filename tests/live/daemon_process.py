@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -20,10 +21,17 @@ from typing import Any
 Record = dict[str, Any]
 
 
+def _soft_nofile(limit: int) -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
 class DaemonProcess:
     """A gpuwatchd subprocess plus the records it has written so far."""
 
-    def __init__(self, config_path: Path, env: Mapping[str, str], *extra_args: str) -> None:
+    def __init__(self, config_path: Path, env: Mapping[str, str], *extra_args: str,
+                 nofile: int | None = None) -> None:
+        """``nofile``: the daemon's soft RLIMIT_NOFILE (systemd's default is 1024)."""
         self.config_path = config_path
         self.records: list[Record] = []
         self.other_lines: list[str] = []
@@ -34,6 +42,7 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             cmd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=None if nofile is None else lambda: _soft_nofile(nofile),
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
