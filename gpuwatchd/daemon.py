@@ -79,7 +79,7 @@ from gpuwatchd.events import DockerUnavailable as DockerUnavailableEvent
 from gpuwatchd.exitcodes import ExitCode
 from gpuwatchd.log import LogFormat, configure_logging, write_record
 from gpuwatchd.log_follower import LogFollower, LogMatch
-from gpuwatchd.metrics import Metrics
+from gpuwatchd.metrics import MAX_CONNECTIONS, Metrics
 from gpuwatchd.notify import Notifier
 from gpuwatchd.nvml import Nvml
 from gpuwatchd.nvml import NvmlFailure as NvmlError
@@ -199,6 +199,7 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT (or :meth:`request_stop`); return the exit status."""
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(self._on_loop_exception)
         self._install_signal_handlers()
         try:
             await self._start()
@@ -259,8 +260,12 @@ class Daemon:
     async def _start_metrics(self, listen: str) -> None:
         # A metrics address that cannot be bound costs the metrics, not the watchdog.
         metrics = Metrics(self.status_document)
+
+        def busy() -> None:
+            self._record(make_record("metrics_busy", listen=listen, limit=MAX_CONNECTIONS))
+
         try:
-            await self._blocking(metrics.serve, listen)
+            await metrics.serve(listen, on_busy=busy)
         except (OSError, ValueError) as exc:
             self._record(make_record("metrics_unavailable", listen=listen, error=str(exc)))
             return
@@ -337,6 +342,28 @@ class Daemon:
         self.request_stop("SIGINT")
 
     # -- plumbing --------------------------------------------------------------------
+
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop,
+                           context: dict[str, Any]) -> None:
+        """What asyncio cannot hand to a task becomes one record, never a traceback.
+
+        A listening socket that fails to accept (out of file descriptors, say)
+        is ``accept_failed``; asyncio retries it a second later, and the folder
+        turns a storm of them into one summary.
+        """
+        exc = context.get("exception")
+        message = str(context.get("message") or "")
+        try:
+            sock = context.get("socket")
+            if isinstance(exc, OSError) and sock is not None and "accept" in message:
+                self._record(make_record("accept_failed", listener=_sockname(sock),
+                                         error=str(exc)))
+                return
+            error = f"{type(exc).__name__}: {exc}" if exc is not None else message
+            self._record(make_record("internal_error", task=f"event loop: {message}",
+                                     error=error))
+        except Exception:  # a record that cannot be written: asyncio's own report then
+            loop.default_exception_handler(context)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -837,6 +864,17 @@ class Daemon:
             "status": self.status_line(),
             "core": snap.to_json(),
         }
+
+
+def _sockname(sock: Any) -> str:
+    """A listening socket's address as one string: a path, or HOST:PORT."""
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return "?"
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return str(name)
 
 
 def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -9,9 +9,16 @@ the library's global one, so nothing else in the process leaks in):
   failed notification increments a ``_total`` counter.
 - **Gauges from the daemon's status.** :meth:`Metrics.refresh` stores the
   daemon's ``status_document()`` (taken on the event loop, where the core
-  lives); :meth:`Metrics.refresh_forever` does it every second. The HTTP
-  server thread only ever reads that stored snapshot, so a scrape never
-  touches the core from another thread.
+  lives); :meth:`Metrics.refresh_forever` does it every second. A scrape only
+  ever reads that stored snapshot.
+
+The HTTP server runs on the daemon's event loop, not in threads: the port is
+open to every local user, so it must not let one of them spend the daemon's
+file descriptors or threads. At most :data:`MAX_CONNECTIONS` are served at a
+time (one more is closed at once, and ``on_busy`` is told); a request must
+arrive within :data:`REQUEST_TIMEOUT` and fit in :data:`MAX_REQUEST_HEAD`
+bytes, and the answer must be taken within :data:`WRITE_TIMEOUT`. Every
+connection is closed after one answer.
 
 Names follow Prometheus conventions: the ``gpuwatchd_`` prefix, ``_total``
 for counters, seconds and Unix timestamps in seconds.
@@ -20,16 +27,15 @@ for counters, seconds and Unix timestamps in seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import gzip
 import platform
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from gpuwatchd import __version__
@@ -40,6 +46,15 @@ from gpuwatchd.types import ProbeResult
 REFRESH_INTERVAL = 1.0
 #: Every probe result, for the enum-style ``gpuwatchd_container_probe_result``.
 PROBE_RESULTS: tuple[str, ...] = tuple(r.value for r in ProbeResult)
+
+#: Connections served at once; Prometheus scrapes one at a time.
+MAX_CONNECTIONS = 8
+#: Seconds a client has to send its whole request head.
+REQUEST_TIMEOUT = 5.0
+#: Seconds a client has to take the whole answer.
+WRITE_TIMEOUT = 10.0
+#: Bytes a request head may take (request line and headers).
+MAX_REQUEST_HEAD = 8192
 
 StatusSource = Callable[[], Mapping[str, Any]]
 
@@ -172,8 +187,9 @@ class Metrics:
         self._status = status
         self.snapshot: Mapping[str, Any] | None = None
         self.snapshot_at = 0.0
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._on_busy: Callable[[], None] | None = None
+        self._active = 0
         r = self.registry
         self.log_matches = Counter(
             "gpuwatchd_log_matches", "log lines that matched a configured pattern",
@@ -256,35 +272,98 @@ class Metrics:
 
     # -- the HTTP server ----------------------------------------------------------------
 
-    def serve(self, listen: str) -> tuple[str, int]:
-        """Serve ``/metrics`` on ``listen`` (``HOST:PORT``) from a daemon thread.
+    async def serve(self, listen: str, on_busy: Callable[[], None] | None = None,
+                    ) -> tuple[str, int]:
+        """Serve ``/metrics`` on ``listen`` (``HOST:PORT``) from the running event loop.
 
         Binds exactly the configured address. Returns the bound (host, port):
-        port 0 picks a free one, for tests.
+        port 0 picks a free one, for tests. ``on_busy`` is called (on the loop)
+        each time a connection is turned away at :data:`MAX_CONNECTIONS`.
 
         Raises:
             OSError: the address cannot be bound (in use, not local, not allowed).
             ValueError: ``listen`` is not ``HOST:PORT``.
         """
         host, port = parse_listen(listen)
-        server, thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server, self._thread = server, thread
-        bound = server.server_address
+        self._on_busy = on_busy
+        self._server = await asyncio.start_server(
+            self._connection, host, port, limit=MAX_REQUEST_HEAD)
+        bound = self._server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 
     def close(self) -> None:
-        """Stop the HTTP server, if any (returns at once; the thread ends within 0.5 s)."""
+        """Stop listening (returns at once); connections in progress end within their timeouts."""
         server, self._server = self._server, None
-        if server is None:
+        if server is not None:
+            server.close()
+
+    @property
+    def active_connections(self) -> int:
+        """Connections being served now (at most :data:`MAX_CONNECTIONS`)."""
+        return self._active
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        if self._active >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            if self._on_busy is not None:
+                self._on_busy()
             return
+        self._active += 1
+        answered = False
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            # No write buffer: drain() returns once the kernel has every byte.
+            writer.transport.set_write_buffer_limits(high=0)
+            writer.write(self.answer(head))
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+            answered = True
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                OSError):
+            pass  # slow, oversized or gone: dropped without (the rest of) an answer
+        finally:
+            self._active -= 1
+            if answered:
+                writer.close()
+            else:
+                writer.transport.abort()
 
-        def stop() -> None:
-            # shutdown() waits for serve_forever's next poll: never on the loop.
-            with contextlib.suppress(OSError):
-                server.shutdown()
-                server.server_close()
+    def answer(self, head: bytes) -> bytes:
+        """The whole HTTP/1.1 response to a request ``head`` (request line and headers)."""
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return _response(400, "Bad Request", b"bad request\n")
+        method, target = parts[0], parts[1].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return _response(405, "Method Not Allowed", b"GET or HEAD only\n",
+                             [("Allow", "GET, HEAD")])
+        if target not in ("/metrics", "/"):
+            return _response(404, "Not Found", b"try /metrics\n")
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        encoder, content_type = choose_encoder(headers.get("accept", ""))
+        body = encoder(self.registry)
+        extra = [("Content-Type", content_type)]
+        if "gzip" in headers.get("accept-encoding", ""):
+            body = gzip.compress(body)
+            extra.append(("Content-Encoding", "gzip"))
+        return _response(200, "OK", body, extra, head_only=method == "HEAD")
 
-        threading.Thread(target=stop, name="metrics-stop", daemon=True).start()
+
+def _response(code: int, reason: str, body: bytes,
+              headers: Iterable[tuple[str, str]] = (), *, head_only: bool = False) -> bytes:
+    fields = [("Content-Length", str(len(body))), ("Connection", "close"), *headers]
+    if not any(name == "Content-Type" for name, _ in fields):
+        fields.append(("Content-Type", "text/plain; charset=utf-8"))
+    text = f"HTTP/1.1 {code} {reason}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields)
+    return (text + "\r\n").encode("latin-1") + (b"" if head_only else body)
 
 
-__all__ = ["PROBE_RESULTS", "REFRESH_INTERVAL", "Metrics", "parse_listen"]
+__all__ = [
+    "MAX_CONNECTIONS", "MAX_REQUEST_HEAD", "PROBE_RESULTS", "REFRESH_INTERVAL",
+    "REQUEST_TIMEOUT", "WRITE_TIMEOUT", "Metrics", "parse_listen",
+]

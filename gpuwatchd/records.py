@@ -377,6 +377,25 @@ _ENTRIES: tuple[EventSpec, ...] = (
         foldable=False,
     ),
     EventSpec(
+        "metrics_busy",
+        _L.WARNING,
+        "the metrics server was at its connection cap; a new connection was closed at once",
+        "metrics connection refused on {listen}: {limit} already open",
+        None,
+        ("listen", "limit"),
+        ("listen",),
+    ),
+    EventSpec(
+        "accept_failed",
+        _L.ERROR,
+        "a listening socket (control or metrics) could not accept, e.g. out of file "
+        "descriptors; retried a second later",
+        "could not accept a connection on {listener}: {error}",
+        None,
+        ("listener", "error"),
+        ("listener",),
+    ),
+    EventSpec(
         "internal_error",
         _L.ERROR,
         "a bug: an internal task failed; the daemon goes on",

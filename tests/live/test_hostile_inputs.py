@@ -8,11 +8,13 @@ job: another watched container's fault is healed as usual.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from docker.models.containers import Container
@@ -121,3 +123,35 @@ def test_a_catastrophic_pattern_does_not_freeze_the_daemon(
     daemon.wait_for("container_recovered", container=konomi.name, timeout=60)
     assert status(daemon)["pid"] == daemon.proc.pid
     assert not daemon.find("internal_error"), daemon.summary()
+
+
+def test_a_failed_accept_is_one_folded_record_not_a_traceback(
+    start_daemon: Callable[..., DaemonProcess], tmp_path: Path,
+) -> None:
+    """The daemon out of file descriptors (its soft limit lowered to what it holds)
+    while clients queue on the control socket: accept_failed records, folded, no
+    traceback; once the limit is back, status answers."""
+    daemon = start_daemon()
+    daemon.wait_for("daemon_started", timeout=20)
+    pid = daemon.proc.pid
+    assert status(daemon)["pid"] == pid  # the control socket is up
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    path = str(tmp_path / "run" / "control.sock")
+    clients: list[socket.socket] = []
+    try:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{pid}/fd")), hard))
+        for _ in range(4):
+            c = socket.socket(socket.AF_UNIX)
+            c.connect(path)  # queued by the kernel; the daemon's accept() fails
+            clients.append(c)
+            time.sleep(0.7)
+        daemon.wait_for("accept_failed", listener=path, timeout=20)
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        for c in clients:
+            c.close()
+    assert status(daemon)["pid"] == pid
+    daemon.wait_for("accept_failed", listener=path, folded=True, timeout=20)
+    assert len(daemon.find("accept_failed", listener=path)) == 2, daemon.summary()
+    assert not [line for line in daemon.other_lines if "Traceback" in line]
+    assert daemon.proc.poll() is None

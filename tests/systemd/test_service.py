@@ -198,6 +198,12 @@ def test_start_returns_after_ready_with_status(service: Service, konomi: Contain
     assert started[0]["GPUWATCHD_CONFIG"] == CONFIG
     assert int(started[0]["_PID"]) == service.main_pid()
 
+    # The unit's bounds on files and tasks are in force on the running daemon.
+    assert service.show("TasksMax")["TasksMax"] == "1024"
+    _, limits = service.box.sysexec(["cat", f"/proc/{service.main_pid()}/limits"])
+    files = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert files.split()[3:5] == ["8192", "8192"], files
+
     # The status line is kept current: the watched container is counted.
     service.box.wait_for(
         lambda: service.show("StatusText")["StatusText"].startswith("watching 1 containers"),

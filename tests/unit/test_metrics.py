@@ -3,6 +3,11 @@ served over HTTP on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import gzip
+import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatchd import __version__
+from gpuwatchd import metrics as metrics_module
 from gpuwatchd.core import ContainerView, CoreView, GpuView
 from gpuwatchd.events import ContainerState
 from gpuwatchd.metrics import PROBE_RESULTS, Metrics, parse_listen
@@ -160,15 +166,75 @@ def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
     assert parse_listen(listen) == expected
 
 
+class LoopThread:
+    """An event loop on a thread of its own, so blocking clients can talk to a server on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
+
+    def call(self, fn: Any) -> Any:
+        async def on_loop() -> Any:
+            return fn()
+        return self.run(on_loop())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
 @pytest.fixture
-def served() -> Iterator[tuple[Metrics, str]]:
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    try:
+        yield lt
+    finally:
+        lt.close()
+
+
+@pytest.fixture
+def busy_calls() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def served(loop_thread: LoopThread, busy_calls: list[float]) -> Iterator[tuple[Metrics, str]]:
     m = Metrics(status_document)
     m.refresh()
-    host, port = m.serve("127.0.0.1:0")
+    host, port = loop_thread.run(m.serve("127.0.0.1:0", on_busy=lambda: busy_calls.append(1)))
     try:
         yield m, f"http://{host}:{port}/metrics"
     finally:
-        m.close()
+        loop_thread.call(m.close)
+
+
+def address(url: str) -> tuple[str, int]:
+    host, port = url.split("/")[2].rsplit(":", 1)
+    return host, int(port)
+
+
+def raw_request(url: str, data: bytes) -> bytes:
+    """Send ``data`` and read until the server closes (at most 10 s)."""
+    with socket.create_connection(address(url), timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):  # dropped: RST, not FIN
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def dropped(s: socket.socket) -> bool:
+    """True once the server has closed ``s`` without sending a byte."""
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
 
 
 def test_served_over_http_on_the_configured_address(served: tuple[Metrics, str]) -> None:
@@ -178,15 +244,78 @@ def test_served_over_http_on_the_configured_address(served: tuple[Metrics, str])
     m.on_record(make_record("container_restarted", container="K", cause="persistence_off"))
     with urllib.request.urlopen(url, timeout=10) as answer:
         assert answer.status == 200
+        assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = answer.read().decode()
     assert 'gpuwatchd_restarts_total{cause="persistence_off",container="K"} 1.0' in text
     assert "gpuwatchd_up 1.0" in text
     assert "python_gc" not in text  # a dedicated registry: nothing from the global one
 
 
-def test_close_stops_the_server(served: tuple[Metrics, str]) -> None:
+def test_gzip_openmetrics_and_head_when_asked(served: tuple[Metrics, str]) -> None:
+    _m, url = served
+    req = urllib.request.Request(url, headers={
+        "Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=10) as answer:
+        assert answer.headers["Content-Encoding"] == "gzip"
+        assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
+        text = gzip.decompress(answer.read()).decode()
+    assert text.rstrip().endswith("# EOF")
+    head = raw_request(url, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = head.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200 OK") and body == b""
+    assert b"Content-Length: 0" not in status
+
+
+@pytest.mark.parametrize(("request_bytes", "status"), [
+    (b"GET /nothing HTTP/1.1\r\n\r\n", b"404"),
+    (b"POST /metrics HTTP/1.1\r\n\r\n", b"405"),
+    (b"garbage\r\n\r\n", b"400"),
+    (b"GET /metrics\r\n\r\n", b"400"),
+])
+def test_other_requests_get_an_error_status(served: tuple[Metrics, str], request_bytes: bytes,
+                                             status: bytes) -> None:
+    _m, url = served
+    assert raw_request(url, request_bytes).split(b" ")[1] == status
+
+
+def test_an_oversized_request_head_is_dropped_unanswered(served: tuple[Metrics, str]) -> None:
+    _m, url = served
+    answer = raw_request(url, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
+    assert answer == b""
+
+
+def test_connections_are_capped_and_idle_ones_time_out(
+    served: tuple[Metrics, str], loop_thread: LoopThread, busy_calls: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MAX_CONNECTIONS idle clients are held; one more is closed at once and reported;
+    the idle ones are dropped at REQUEST_TIMEOUT, and then a scrape answers again."""
     m, url = served
-    m.close()
+    monkeypatch.setattr(metrics_module, "REQUEST_TIMEOUT", 1.0)
+    idle = [socket.create_connection(address(url), timeout=10)
+            for _ in range(metrics_module.MAX_CONNECTIONS)]
+    try:
+        deadline = time.monotonic() + 10
+        while loop_thread.call(lambda: m.active_connections) < len(idle):
+            assert time.monotonic() < deadline, "the idle connections were not accepted"
+            time.sleep(0.05)
+        assert raw_request(url, b"") == b""  # one more: closed without a byte
+        assert busy_calls == [1]
+        assert all(dropped(s) for s in idle)  # at REQUEST_TIMEOUT, unanswered
+    finally:
+        for s in idle:
+            s.close()
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.status == 200
+    deadline = time.monotonic() + 10
+    while loop_thread.call(lambda: m.active_connections) != 0:
+        assert time.monotonic() < deadline, "a finished connection is still counted"
+        time.sleep(0.05)
+
+
+def test_close_stops_the_server(served: tuple[Metrics, str], loop_thread: LoopThread) -> None:
+    m, url = served
+    loop_thread.call(m.close)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -198,8 +327,9 @@ def test_close_stops_the_server(served: tuple[Metrics, str]) -> None:
     pytest.fail("the metrics server still answers after close()")
 
 
-def test_an_address_in_use_raises_oserror(served: tuple[Metrics, str]) -> None:
+def test_an_address_in_use_raises_oserror(served: tuple[Metrics, str],
+                                         loop_thread: LoopThread) -> None:
     _m, url = served
     port = url.rsplit(":", 1)[1].split("/")[0]
     with pytest.raises(OSError):
-        Metrics().serve(f"127.0.0.1:{port}")
+        loop_thread.run(Metrics().serve(f"127.0.0.1:{port}"))
