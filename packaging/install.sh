@@ -7,7 +7,13 @@
 #   1. a virtual environment in $PREFIX (default /opt/gpuwatchd) holding gpuwatchd
 #      and its dependencies. systemd-python is published only as source: Debian's
 #      python3-systemd is reused through --system-site-packages when installed,
-#      else gcc, pkg-config, libsystemd-dev and python3-dev come from apt to build it;
+#      else gcc, pkg-config, libsystemd-dev and python3-dev come from apt to build it.
+#      It is built beside the installed one, in $PREFIX.new. When a config exists,
+#      the new version's `gpuwatchd check-config` must accept it before anything
+#      installed changes; if it refuses the file, the installer prints why and what to
+#      do and exits 1, leaving the installed version, its unit and the running
+#      service as they were (the new build stays in $PREFIX.new for checking the
+#      edited file). Then $PREFIX.new replaces $PREFIX;
 #   2. the unit in $UNIT_DIR (default /etc/systemd/system);
 #   3. config.example.toml as $CONFIG_DIR/config.toml (mode 0600, root) only when
 #      no config exists: an upgrade keeps the config, and the state in
@@ -37,12 +43,14 @@ DEFAULT_PREFIX=/opt/gpuwatchd
 DEFAULT_CONFIG_DIR=/etc/gpuwatchd
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ARGS=("$@")
 WHEEL_DIR=""
 START=1
 HOST_FIXES=0
 
 say() { printf 'gpuwatchd install: %s\n' "$*"; }
 die() { printf 'gpuwatchd install: error: %s\n' "$*" >&2; exit 1; }
+quoted() { local q; printf -v q '%q ' "$@"; printf '%s' "${q% }"; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
 while [ $# -gt 0 ]; do
@@ -58,7 +66,12 @@ done
 
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0)"
 case $PREFIX in /?*) ;; *) die "PREFIX must be an absolute path, not '$PREFIX'" ;; esac
+while [ "$PREFIX" != / ] && [ "${PREFIX%/}" != "$PREFIX" ]; do PREFIX=${PREFIX%/}; done
 [ "$PREFIX" != / ] || die "PREFIX must not be /"
+# The new version is built in NEW; OLD holds the installed one for the moment of the swap.
+NEW=$PREFIX.new
+OLD=$PREFIX.old
+CONFIG=$CONFIG_DIR/config.toml
 [ -f "$SRC/pyproject.toml" ] && [ -d "$SRC/gpuwatchd" ] || die "run it from a gpuwatchd working tree ($SRC has no pyproject.toml)"
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.10 or newer (apt-get install python3)"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
@@ -96,19 +109,34 @@ else
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 fi
 
-if [ -x "$PREFIX/bin/python" ] && "$PREFIX/bin/python" -c 'import sys' 2>/dev/null; then
-    say "upgrading the existing installation in $PREFIX"
-    "$PYTHON" -m venv --upgrade "${SITE_FLAG[@]}" "$PREFIX" >/dev/null
-    # The flag may differ from the last install: pyvenv.cfg decides.
-    if [ ${#SITE_FLAG[@]} -gt 0 ]; then site=true; else site=false; fi
-    sed -i "s/^include-system-site-packages = .*/include-system-site-packages = $site/" "$PREFIX/pyvenv.cfg"
-else
-    say "creating the virtual environment $PREFIX"
-    rm -rf "$PREFIX"
-    "$PYTHON" -m venv "${SITE_FLAG[@]}" "$PREFIX"
-fi
+# Only ever replace what install.sh made: a virtual environment.
+for dir in "$PREFIX" "$NEW" "$OLD"; do
+    [ ! -e "$dir" ] || [ -f "$dir/pyvenv.cfg" ] || die "$dir is not a gpuwatchd virtual environment; not replacing it"
+done
+# An earlier run that stopped between the two renames of the swap left the
+# installed version in OLD only: put it back first.
+if [ -e "$OLD" ] && [ ! -e "$PREFIX" ]; then mv "$OLD" "$PREFIX"; fi
+rm -rf "$NEW" "$OLD"
 
-PIP=("$PREFIX/bin/python" -m pip --disable-pip-version-check --no-input --quiet)
+STAGE=$(mktemp -d)
+REMOVE_NEW=1
+cleanup() {
+    rm -rf "$STAGE"
+    [ "$REMOVE_NEW" -eq 0 ] || rm -rf "$NEW"
+}
+trap cleanup EXIT
+
+if [ -x "$PREFIX/bin/python" ] && "$PREFIX/bin/python" -c 'import sys' 2>/dev/null; then
+    say "upgrading the existing installation in $PREFIX: building the new version in $NEW"
+elif [ -e "$PREFIX" ]; then
+    say "replacing $PREFIX (its Python no longer runs): building the new version in $NEW"
+else
+    say "creating the virtual environment $PREFIX: building it in $NEW"
+fi
+# The prompt the activate scripts show is the final directory's name, not NEW's.
+"$PYTHON" -m venv "${SITE_FLAG[@]}" --prompt "$(basename "$PREFIX")" "$NEW"
+
+PIP=("$NEW/bin/python" -m pip --disable-pip-version-check --no-input --quiet)
 if [ -n "$WHEEL_DIR" ]; then
     PIP_SOURCE=(--no-index --find-links "$WHEEL_DIR")
 else
@@ -117,25 +145,79 @@ fi
 
 # Build from a copy: the working tree may be read-only, and setuptools writes
 # build/ and *.egg-info next to the sources.
-STAGE=$(mktemp -d)
-trap 'rm -rf "$STAGE"' EXIT
 mkdir "$STAGE/src" "$STAGE/dist"
 cp -r "$SRC/pyproject.toml" "$SRC/gpuwatchd" "$STAGE/src/"
 for f in README.md LICENSE config.example.toml; do
     [ ! -f "$SRC/$f" ] || cp "$SRC/$f" "$STAGE/src/"
 done
 find "$STAGE/src" -name __pycache__ -prune -exec rm -rf {} +
-say "building gpuwatchd $("$PYTHON" -c 'import re,sys; print(re.search(r"__version__ = \"(.+?)\"", open(sys.argv[1]).read()).group(1))' "$SRC/gpuwatchd/__init__.py")"
+VERSION=$("$PYTHON" -c 'import re,sys; print(re.search(r"__version__ = \"(.+?)\"", open(sys.argv[1]).read()).group(1))' "$SRC/gpuwatchd/__init__.py")
+say "building gpuwatchd $VERSION"
 "${PIP[@]}" wheel "${PIP_SOURCE[@]}" --no-deps --wheel-dir "$STAGE/dist" "$STAGE/src" \
     || die "building the gpuwatchd wheel failed${WHEEL_DIR:+ (does $WHEEL_DIR hold a setuptools wheel?)}"
 WHEEL=$(compgen -G "$STAGE/dist/gpuwatchd-*.whl" | head -n1)
-say "installing gpuwatchd and its dependencies into $PREFIX"
-"${PIP[@]}" install "${PIP_SOURCE[@]}" "$WHEEL" || die "pip install failed"
-# Same version number, new code (an upgrade from a newer tree): replace it anyway.
-"${PIP[@]}" install "${PIP_SOURCE[@]}" --no-deps --force-reinstall "$WHEEL" || die "pip install failed"
-"$PREFIX/bin/python" -c 'import systemd.journal, systemd.daemon' \
-    || die "systemd-python is not importable in $PREFIX"
-[ ! -f "$SRC/README.md" ] || install -m 0644 "$SRC/README.md" "$PREFIX/README.md"
+say "installing gpuwatchd and its dependencies into $NEW"
+# No bytecode yet: it records the path it was compiled at, which is not $PREFIX.
+"${PIP[@]}" install --no-compile "${PIP_SOURCE[@]}" "$WHEEL" || die "pip install failed"
+"$NEW/bin/python" -c 'import systemd.journal, systemd.daemon' \
+    || die "systemd-python is not importable in $NEW"
+[ ! -f "$SRC/README.md" ] || install -m 0644 "$SRC/README.md" "$NEW/README.md"
+
+# The existing config must suit the new version before it replaces the running one.
+if [ -e "$CONFIG" ]; then
+    say "checking $CONFIG with gpuwatchd $VERSION"
+    check=("$NEW/bin/gpuwatchd" check-config --config "$CONFIG")
+    rc=0
+    problems=$(PYTHONDONTWRITEBYTECODE=1 "${check[@]}" 2>&1 >/dev/null) || rc=$?
+    if [ "$rc" -eq 2 ]; then
+        # Kept: the advised check-config runs the new version from there.
+        REMOVE_NEW=0
+        {
+            printf 'gpuwatchd install: error: gpuwatchd %s refuses %s:\n' "$VERSION" "$CONFIG"
+            printf '%s\n' "$problems" | sed 's/^/  /'
+            printf 'gpuwatchd install: nothing was changed: the installed gpuwatchd, its unit and its service are as they were.\n'
+            printf 'gpuwatchd install: to upgrade, edit %s until the new version accepts it:\n' "$CONFIG"
+            printf '  %s\n' "$(quoted "${check[@]}")"
+            printf 'gpuwatchd install: then run %s again.\n' "$(quoted "$0" "${ARGS[@]}")"
+        } >&2
+        exit 1
+    elif [ "$rc" -ne 0 ]; then
+        printf '%s\n' "$problems" | sed 's/^/  /' >&2
+        die "gpuwatchd $VERSION could not check $CONFIG (check-config exited $rc); nothing was changed"
+    fi
+    # A warning (a file that gpuwatchd run would refuse to read) is passed on.
+    [ -z "$problems" ] || printf '%s\n' "$problems" >&2
+fi
+
+# Move the new build to its place. pip wrote its path into the scripts'
+# #! lines, the activate scripts and pyvenv.cfg: make those $PREFIX.
+"$NEW/bin/python" - "$NEW" "$PREFIX" <<'EOF'
+import os
+import sys
+
+new, final = (os.fsencode(arg) for arg in sys.argv[1:])
+bindir = os.path.join(new, b"bin")
+paths = [os.path.join(new, b"pyvenv.cfg")] + [os.path.join(bindir, n) for n in os.listdir(bindir)]
+for path in paths:
+    if os.path.islink(path) or not os.path.isfile(path):
+        continue
+    with open(path, "r+b") as f:
+        data = f.read()
+        if new in data:
+            f.seek(0)
+            f.write(data.replace(new, final))
+            f.truncate()
+EOF
+# Bytecode that names the files where they will be.
+"$NEW/bin/python" -m compileall -q -f -j 0 -s "$NEW" -p "$PREFIX" "$NEW/lib" >/dev/null \
+    || say "warning: compiling the bytecode failed; gpuwatchd starts slower, nothing else"
+if [ -e "$PREFIX" ]; then mv "$PREFIX" "$OLD"; fi
+if ! mv "$NEW" "$PREFIX"; then
+    [ ! -e "$OLD" ] || mv "$OLD" "$PREFIX"
+    die "moving $NEW to $PREFIX failed"
+fi
+rm -rf "$OLD"
+say "installed gpuwatchd $VERSION in $PREFIX"
 
 # --- 2. the unit ---------------------------------------------------------------
 install -d -m 0755 "$UNIT_DIR"

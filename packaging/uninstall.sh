@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Remove gpuwatchd: stop and disable the service, remove its unit and $PREFIX.
+# Remove gpuwatchd: stop and disable the service, remove its unit and $PREFIX
+# (and $PREFIX.new, a build install.sh kept when it refused to upgrade).
 #
 #   sudo packaging/uninstall.sh [--purge]
 #
@@ -28,6 +29,7 @@ done
 
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0)"
 case $PREFIX in /?*) ;; *) die "PREFIX must be an absolute path, not '$PREFIX'" ;; esac
+while [ "$PREFIX" != / ] && [ "${PREFIX%/}" != "$PREFIX" ]; do PREFIX=${PREFIX%/}; done
 [ "$PREFIX" != / ] || die "PREFIX must not be /"
 
 SYSTEMD_RUNNING=0
@@ -58,12 +60,15 @@ if [ "$removed" -eq 1 ] && [ "$SYSTEMD_RUNNING" -eq 1 ]; then
     systemctl reset-failed gpuwatchd.service 2>/dev/null || true
 fi
 
-if [ -e "$PREFIX" ]; then
+# $PREFIX.new and $PREFIX.old: what install.sh leaves beside $PREFIX when it
+# refuses an upgrade or is interrupted.
+for dir in "$PREFIX" "$PREFIX.new" "$PREFIX.old"; do
+    [ -e "$dir" ] || continue
     # Only ever delete what install.sh made: a virtual environment.
-    [ -f "$PREFIX/pyvenv.cfg" ] || die "$PREFIX is not a gpuwatchd virtual environment; not removing it"
-    rm -rf "$PREFIX"
-    say "removed $PREFIX"
-fi
+    [ -f "$dir/pyvenv.cfg" ] || die "$dir is not a gpuwatchd virtual environment; not removing it"
+    rm -rf "$dir"
+    say "removed $dir"
+done
 
 if [ "$PURGE" -eq 1 ]; then
     for dir in "$CONFIG_DIR" "$STATE_DIR"; do

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -9,12 +10,16 @@ from pathlib import Path
 import pytest
 
 from tests.bench.gpu import GpuController
-from tests.systemd.conftest import REPO, SystemdBox, exposure, gpu_dropin_text
+from tests.systemd.conftest import REPO, WHEELS_IN_BOX, SystemdBox, exposure, gpu_dropin_text
 
 pytestmark = [pytest.mark.systemd, pytest.mark.docker]
 
 CONFIG = "/etc/gpuwatchd/config.toml"
 VENV_PKG = "/opt/gpuwatchd/lib/python3.11/site-packages/gpuwatchd"
+#: Where install.sh builds the new version beside the installed one.
+NEW_PREFIX = "/opt/gpuwatchd.new"
+#: A pattern the installed code's RE2 refuses (no backreferences).
+BACKREFERENCE = r"re:(a)\1"
 EXPOSURE_GOAL = 3.0
 
 
@@ -113,6 +118,61 @@ def test_hardened_unit_runs_nvml(box: SystemdBox, tmp_path: Path) -> None:
         box.sysexec(["systemctl", "stop", "gpuwatchd"])
         box.sysexec(["rm", "-rf", "/etc/systemd/system/gpuwatchd.service.d"])
         box.sysexec(["systemctl", "daemon-reload"])
+
+
+def test_upgrade_stops_when_the_new_version_refuses_the_config(box: SystemdBox) -> None:
+    """An upgrade whose new code refuses the installed config stops before it changes
+    anything: the installer exits non-zero with check-config's one line and what to
+    do; the running daemon keeps its PID and its code, the unit never fails. Once
+    the file is fixed, a rerun upgrades and restarts."""
+    valid = "[daemon]\ndry_run = true\n[watch]\ncontainers = []\n"
+    # The running daemon read the file before it changed; the new code refuses it.
+    refused = valid + f"[logs]\npatterns = [{json.dumps(BACKREFERENCE)}]\n"
+    installer = [str(REPO / "packaging/install.sh"), "--wheel-dir", WHEELS_IN_BOX]
+    unit_state = ("MainPID", "ActiveState", "SubState", "Result", "NRestarts")
+    box.write_file(CONFIG, valid, 0o600)
+    box.sysexec(["systemctl", "reset-failed", "gpuwatchd"])
+    try:
+        rc, out = box.sysexec(["systemctl", "start", "gpuwatchd"])
+        assert rc == 0, out + box.sysexec(["journalctl", "-u", "gpuwatchd", "--no-pager"])[1]
+        before = box.show("gpuwatchd", *unit_state)
+        assert before["ActiveState"] == "active", before
+        box.write_file(f"{VENV_PKG}/old-code-marker", "the installed version\n")
+        box.write_file(CONFIG, refused, 0o600)
+
+        rc, out = box.sysexec(installer)
+        assert rc != 0, out
+        assert box.show("gpuwatchd", *unit_state) == before, out
+        assert box.sysexec(["systemctl", "is-failed", "gpuwatchd"])[1].strip() == "active"
+        assert box.sysexec(["test", "-f", f"{VENV_PKG}/old-code-marker"])[0] == 0, (
+            "the installed version was replaced"
+        )
+        reason = (
+            f"{CONFIG}: logs.patterns[0]: invalid regular expression "
+            r'"re:(a)\\1": invalid escape sequence: \1'
+        )
+        assert reason in out, out
+        assert f"edit {CONFIG}" in out, out
+        check = f"{NEW_PREFIX}/bin/gpuwatchd check-config --config {CONFIG}"
+        assert check in out, out
+        assert f"run {REPO}/packaging/install.sh --wheel-dir {WHEELS_IN_BOX} again" in out, out
+        assert "systemctl restart" not in out, out
+        # The advised check is the new version's: it says the same.
+        rc, checked = box.sysexec(f"{check} >/dev/null")
+        assert rc == 2, checked
+        assert reason in checked, checked
+
+        box.write_file(CONFIG, valid, 0o600)
+        out = box.install_gpuwatchd()
+        after = box.show("gpuwatchd", *unit_state)
+        assert after["ActiveState"] == "active", out
+        assert after["MainPID"] != before["MainPID"], out
+        assert box.sysexec(["test", "-e", f"{VENV_PKG}/old-code-marker"])[0] != 0
+        assert box.sysexec(["test", "-e", NEW_PREFIX])[0] != 0, "the new build is left beside"
+    finally:
+        box.sysexec(["systemctl", "stop", "gpuwatchd"])
+        box.sysexec(["systemctl", "reset-failed", "gpuwatchd"])
+        box.write_file(CONFIG, (REPO / "config.example.toml").read_text(), 0o600)
 
 
 def test_host_fixes_then_uninstall(box: SystemdBox) -> None:
