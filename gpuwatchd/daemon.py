@@ -77,6 +77,7 @@ from gpuwatchd.events import (
 )
 from gpuwatchd.events import DockerUnavailable as DockerUnavailableEvent
 from gpuwatchd.exitcodes import ExitCode
+from gpuwatchd.instance import InstanceLock, claim
 from gpuwatchd.log import LogFormat, configure_logging, write_record
 from gpuwatchd.log_follower import LogFollower, LogMatch
 from gpuwatchd.metrics import Metrics
@@ -188,6 +189,8 @@ class Daemon:
         self._events: EventWatcher | None = None
         self._reload_stop = threading.Event()
         self._control: ControlServer | None = None
+        #: Held from the start of _start to the end of _shutdown: one daemon per runtime_dir.
+        self._instance: InstanceLock | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._gpu_poller: asyncio.Task[None] | None = None
         #: Called on the event loop with every record written (after folding):
@@ -220,6 +223,8 @@ class Daemon:
 
     async def _start(self) -> None:
         config = self.config
+        # Before anything acts: a second daemon must leave the first one's files alone.
+        self._instance = await self._blocking(claim, config.daemon)
         state, warning = await self._blocking(load_state, state_path(config.daemon.state_dir))
         self._core = Core(config, state, dry_run=config.daemon.dry_run)
         # Notifications follow reloads (the lambda reads the config in force).
@@ -304,6 +309,9 @@ class Daemon:
             await self._control.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._gateway.close()
+        if self._instance is not None:
+            # Last: the socket is gone before another daemon may start.
+            self._instance.release()
 
     async def _drain_queue(self, bound: float = 5.0) -> None:
         # The dispatcher is still running: give it time to record the results.
