@@ -1,4 +1,12 @@
-"""What one daemon owns on disk: the single-instance lock in its runtime directory.
+"""What one daemon owns on disk: its private directories and the single-instance lock.
+
+The daemon runs as root and trusts what it finds in ``daemon.state_dir``
+(restart budgets, give-ups, pauses) and ``daemon.runtime_dir`` (the control
+socket, the lock). So each must be a directory itself, not a symbolic link,
+owned by the daemon's effective uid and writable by neither group nor others:
+the rule the configuration file follows. A missing one is created with mode
+0700. Only the last component of the path is checked; the directories above it
+are the administrator's (``/run`` and ``/var/lib`` are root's).
 
 Two daemons on one runtime directory would both act on the same containers and
 fight over the control socket, so the daemon takes an exclusive, non-blocking
@@ -16,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shlex
 import stat
 from pathlib import Path
 
@@ -106,16 +115,60 @@ def take_lock(runtime_dir: Path) -> InstanceLock:
     return InstanceLock(fd, path)
 
 
-def claim(daemon: DaemonConfig) -> InstanceLock:
-    """What the daemon does first: make its runtime directory (0700) if missing, lock it.
+def check_private_dir(path: Path, what: str) -> None:
+    """Refuse ``path`` unless it is a directory only the daemon's user can change.
+
+    A missing directory is created (mode 0700, parents as needed) and then
+    checked like any other. ``what`` names it in the message
+    (``"state_dir"``, ``"runtime_dir"``).
 
     Raises:
-        StartRefused: as :func:`take_lock` does, or the directory cannot be made.
+        StartRefused: ``path`` is a symbolic link, not a directory, owned by
+            another uid than the effective one, writable by group or others,
+            or cannot be created or examined; one line that says which and
+            how to fix it.
     """
     try:
-        daemon.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                path.mkdir(mode=0o700, parents=True)
+            except FileExistsError:
+                pass  # made meanwhile: examined like any other
+            except OSError as exc:
+                raise StartRefused(
+                    f"cannot create {what} {path}: {exc.strerror or exc}"
+                ) from None
+            st = os.lstat(path)
     except OSError as exc:
-        raise StartRefused(
-            f"cannot create runtime_dir {daemon.runtime_dir}: {exc.strerror or exc}"
-        ) from None
+        raise StartRefused(f"cannot examine {what} {path}: {exc.strerror or exc}") from None
+    euid = os.geteuid()
+    owner = "root" if euid == 0 else f"uid {euid}"
+    rule = f"owned by {owner} and not writable by group/others"
+    quoted = shlex.quote(str(path))
+    if stat.S_ISLNK(st.st_mode):
+        problem, fix = "is a symbolic link", f"; it must be a directory {rule}"
+    elif not stat.S_ISDIR(st.st_mode):
+        problem, fix = "is not a directory", f"; it must be a directory {rule}"
+    elif st.st_uid != euid:
+        who = "root" if euid == 0 else str(euid)
+        problem = f"is owned by uid {st.st_uid}"
+        fix = f"; it must be {rule} (run chown {who} {quoted})"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by group/others (mode {stat.S_IMODE(st.st_mode):04o})"
+        fix = f"; it must be {rule} (run chmod go-w {quoted})"
+    else:
+        return
+    raise StartRefused(f"{what} {path} {problem}{fix}")
+
+def claim(daemon: DaemonConfig) -> InstanceLock:
+    """What the daemon does first: check ``state_dir`` and ``runtime_dir`` (creating
+    a missing one, 0700), then take the lock in ``runtime_dir``.
+
+    Raises:
+        StartRefused: as :func:`check_private_dir` and :func:`take_lock` do.
+    """
+    check_private_dir(daemon.state_dir, "state_dir")
+    check_private_dir(daemon.runtime_dir, "runtime_dir")
     return take_lock(daemon.runtime_dir)
