@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker.errors
@@ -77,7 +78,7 @@ from gpuwatchd.events import (
 )
 from gpuwatchd.events import DockerUnavailable as DockerUnavailableEvent
 from gpuwatchd.exitcodes import ExitCode
-from gpuwatchd.instance import InstanceLock, claim
+from gpuwatchd.instance import InstanceLock, check_private_dir, claim
 from gpuwatchd.log import LogFormat, configure_logging, write_record
 from gpuwatchd.log_follower import LogFollower, LogMatch
 from gpuwatchd.metrics import Metrics
@@ -791,7 +792,7 @@ class Daemon:
         try:
             if source is None:
                 raise ConfigError("no configuration file to reload")
-            new = await self._blocking(lambda: load_config(source, check_owner=True))
+            new = await self._blocking(self._load_checked, source)
         except ConfigError as exc:
             self._record(make_record("config_reload_failed", error=str(exc),
                                      config=str(source) if source else None))
@@ -807,6 +808,13 @@ class Daemon:
                 follower.patterns = new.for_container(info.name).patterns
         await self._resync("config reloaded")
         sdnotify.ready(self.status_line())
+
+    @staticmethod
+    def _load_checked(source: Path) -> Config:
+        config = load_config(source, check_owner=True)
+        # The state file follows a new state_dir: it must pass the start-time check.
+        check_private_dir(config.daemon.state_dir, "state_dir")
+        return config
 
     # -- control channel ------------------------------------------------------------------
 
