@@ -88,7 +88,7 @@ from gpuwatchd.nvml import NvmlFailure as NvmlError
 from gpuwatchd.records import Record, RecordFolder, make_record
 from gpuwatchd.reload_watch import ReloadWatcher, ReloadWatchUnavailable
 from gpuwatchd.state_store import load_state, save_state, state_path
-from gpuwatchd.watchset import is_watched
+from gpuwatchd.watchset import control_target, is_watched
 
 T = TypeVar("T")
 log = structlog.get_logger("gpuwatchd")
@@ -830,13 +830,23 @@ class Daemon:
             return {"reset": container or "all"}
         if command == "pause":
             duration = pause_duration(request.get("for"))
+            target = self._control_target(container)
             until = None if duration is None else time.time() + duration
-            self._queue.put_nowait(PauseRequested(container, until))
-            return {"paused": container or "all", "until": until}
+            self._queue.put_nowait(PauseRequested(target, until))
+            return {"paused": target or "all", "until": until}
         if command == "resume":
-            self._queue.put_nowait(ResumeRequested(container))
-            return {"resumed": container or "all"}
+            target = self._control_target(container, resuming=True)
+            self._queue.put_nowait(ResumeRequested(target))
+            return {"resumed": target or "all"}
         raise ControlError(f"unknown command {command!r}")
+
+    def _control_target(self, name: str | None, *, resuming: bool = False) -> str | None:
+        """The container a pause/resume names (see :func:`control_target`); raises
+        ControlError for a name neither watched nor configured."""
+        assert self._core is not None
+        paused = self._core.persisted().paused if resuming else ()
+        watched = {cid: info.name for cid, info in self._watched.items()}
+        return control_target(name, watched, self.config, paused)
 
     def status_document(self) -> dict[str, Any]:
         """What ``gpuwatchd status`` shows, as plain JSON data."""
