@@ -315,7 +315,9 @@ def reset_command(args: argparse.Namespace) -> int:
     help="stop remediation (for a driver upgrade or maintenance); probes go on",
     description="Stop remediation of CONTAINER (default: every container) until "
     "`gpuwatchd resume`, or for DURATION with --for. Probes and records go on; "
-    "faults found meanwhile are recorded as remediation_skipped (reason paused).",
+    "faults found meanwhile are recorded as remediation_skipped (reason paused). "
+    "CONTAINER is a watched container's name or ID, or a name the configuration lists "
+    "(running or not); any other name is refused (exit 1).",
     arguments=[_pause_arguments],
 )
 def pause_command(args: argparse.Namespace) -> int:
@@ -330,7 +332,9 @@ def pause_command(args: argparse.Namespace) -> int:
 @subcommand(
     "resume",
     help="resume remediation stopped by `gpuwatchd pause`",
-    description="Resume remediation of CONTAINER (default: every paused container).",
+    description="Resume remediation of CONTAINER (default: every paused container). "
+    "CONTAINER is a watched container's name or ID, a name the configuration lists, "
+    "or one paused now; any other name is refused (exit 1).",
     arguments=[_target_argument],
 )
 def resume_command(args: argparse.Namespace) -> int:

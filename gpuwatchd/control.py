@@ -6,6 +6,9 @@ the daemon answers with one JSON object and a newline, then closes. Requests:
 ``{"command": "pause", "container": NAME|null, "for": SECONDS|null}``,
 ``{"command": "resume", "container": NAME|null}``. Answers are
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
+``pause`` and ``resume`` refuse a container that is neither watched nor named
+in the configuration (``no watched or configured container named 'X'``; see
+:func:`gpuwatchd.watchset.control_target`).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker.errors
@@ -77,6 +78,7 @@ from gpuwatchd.events import (
 )
 from gpuwatchd.events import DockerUnavailable as DockerUnavailableEvent
 from gpuwatchd.exitcodes import ExitCode
+from gpuwatchd.instance import InstanceLock, check_private_dir, claim
 from gpuwatchd.log import LogFormat, configure_logging, write_record
 from gpuwatchd.log_follower import LogFollower, LogMatch
 from gpuwatchd.metrics import MAX_CONNECTIONS, Metrics
@@ -86,7 +88,7 @@ from gpuwatchd.nvml import NvmlFailure as NvmlError
 from gpuwatchd.records import Record, RecordFolder, make_record
 from gpuwatchd.reload_watch import ReloadWatcher, ReloadWatchUnavailable
 from gpuwatchd.state_store import load_state, save_state, state_path
-from gpuwatchd.watchset import is_watched
+from gpuwatchd.watchset import control_target, is_watched
 
 T = TypeVar("T")
 log = structlog.get_logger("gpuwatchd")
@@ -188,6 +190,8 @@ class Daemon:
         self._events: EventWatcher | None = None
         self._reload_stop = threading.Event()
         self._control: ControlServer | None = None
+        #: Held from the start of _start to the end of _shutdown: one daemon per runtime_dir.
+        self._instance: InstanceLock | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._gpu_poller: asyncio.Task[None] | None = None
         #: Called on the event loop with every record written (after folding):
@@ -221,6 +225,8 @@ class Daemon:
 
     async def _start(self) -> None:
         config = self.config
+        # Before anything acts: a second daemon must leave the first one's files alone.
+        self._instance = await self._blocking(claim, config.daemon)
         state, warning = await self._blocking(load_state, state_path(config.daemon.state_dir))
         self._core = Core(config, state, dry_run=config.daemon.dry_run)
         # Notifications follow reloads (the lambda reads the config in force).
@@ -309,6 +315,9 @@ class Daemon:
             await self._control.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._gateway.close()
+        if self._instance is not None:
+            # Last: the socket is gone before another daemon may start.
+            self._instance.release()
 
     async def _drain_queue(self, bound: float = 5.0) -> None:
         # The dispatcher is still running: give it time to record the results.
@@ -810,7 +819,7 @@ class Daemon:
         try:
             if source is None:
                 raise ConfigError("no configuration file to reload")
-            new = await self._blocking(lambda: load_config(source, check_owner=True))
+            new = await self._blocking(self._load_checked, source)
         except ConfigError as exc:
             self._record(make_record("config_reload_failed", error=str(exc),
                                      config=str(source) if source else None))
@@ -827,6 +836,13 @@ class Daemon:
         await self._resync("config reloaded")
         sdnotify.ready(self.status_line())
 
+    @staticmethod
+    def _load_checked(source: Path) -> Config:
+        config = load_config(source, check_owner=True)
+        # The state file follows a new state_dir: it must pass the start-time check.
+        check_private_dir(config.daemon.state_dir, "state_dir")
+        return config
+
     # -- control channel ------------------------------------------------------------------
 
     async def _handle_control(self, request: dict[str, Any]) -> Any:
@@ -841,13 +857,23 @@ class Daemon:
             return {"reset": container or "all"}
         if command == "pause":
             duration = pause_duration(request.get("for"))
+            target = self._control_target(container)
             until = None if duration is None else time.time() + duration
-            self._queue.put_nowait(PauseRequested(container, until))
-            return {"paused": container or "all", "until": until}
+            self._queue.put_nowait(PauseRequested(target, until))
+            return {"paused": target or "all", "until": until}
         if command == "resume":
-            self._queue.put_nowait(ResumeRequested(container))
-            return {"resumed": container or "all"}
+            target = self._control_target(container, resuming=True)
+            self._queue.put_nowait(ResumeRequested(target))
+            return {"resumed": target or "all"}
         raise ControlError(f"unknown command {command!r}")
+
+    def _control_target(self, name: str | None, *, resuming: bool = False) -> str | None:
+        """The container a pause/resume names (see :func:`control_target`); raises
+        ControlError for a name neither watched nor configured."""
+        assert self._core is not None
+        paused = self._core.persisted().paused if resuming else ()
+        watched = {cid: info.name for cid, info in self._watched.items()}
+        return control_target(name, watched, self.config, paused)
 
     def status_document(self) -> dict[str, Any]:
         """What ``gpuwatchd status`` shows, as plain JSON data."""

@@ -313,6 +313,31 @@ def test_subprocess_config_error(tmp_path: Path, text: str, key: str) -> None:
     assert one_line(result.stderr).startswith(f"gpuwatchd: {path}: {key}")
 
 
+@as_root
+def test_subprocess_run_refuses_a_runtime_dir_others_can_write(tmp_path: Path) -> None:
+    """gpuwatchd run with a world-writable runtime_dir: exit 2, one line, nothing made there."""
+    run = tmp_path / "run"
+    run.mkdir()
+    run.chmod(0o777)
+    path = write(tmp_path, f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+                           f'runtime_dir = "{run}"\n')
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "gpuwatchd", "run", "--config", str(path)],
+            capture_output=True, text=True, timeout=20, check=False,
+            env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"},
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("gpuwatchd run started with a world-writable runtime_dir")
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert one_line(result.stderr) == (
+        f"gpuwatchd: runtime_dir {run} is writable by group/others (mode 0777); it must be "
+        f"owned by root and not writable by group/others (run chmod go-w {run})"
+    )
+    assert os.listdir(run) == []
+
+
 def test_subprocess_check_config_of_the_example() -> None:
     """python -m gpuwatchd check-config on the shipped example succeeds."""
     result = gpuwatchd("check-config", "--config", str(EXAMPLE))
