@@ -50,12 +50,20 @@ def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number the control channel takes")
 
 
-def _depth(value: object) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether containers nest deeper than ``limit`` in ``value``; iterative, so a
+    document nested just under json's own limit cannot exhaust the stack here."""
+    level: list[object] = [value]
+    depth = 0
+    while level:
+        children = [v for item in level if isinstance(item, dict | list)
+                    for v in (item.values() if isinstance(item, dict) else item)]
+        if any(isinstance(item, dict | list) for item in level):
+            depth += 1
+            if depth > limit:
+                return True
+        level = children
+    return False
 
 
 def parse_request(line: bytes) -> dict[str, Any]:
@@ -75,7 +83,7 @@ def parse_request(line: bytes) -> dict[str, Any]:
         raise ValueError(f"bad request: {exc}") from None
     if not isinstance(request, dict):
         raise ValueError("bad request: request must be a JSON object")
-    if _depth(request) > MAX_DEPTH:
+    if _too_deep(request, MAX_DEPTH):
         raise ValueError("bad request: nested too deeply")
     return request
 
