@@ -47,6 +47,10 @@ The rules, in the words of issue 3:
   container started); else ``unknown``.
 - **Never restart for a host cause**: one ``remediation_skipped`` with advice,
   at most once per ``window`` per container.
+- **Notify only** (``action = "notify"``): a fault a restart would cure gives
+  one ``remediation_skipped`` (reason ``notify_only``, with advice) at most once
+  per ``window`` per container and cause, and never a restart; persistence mode
+  is still set with ``enforce_persistence`` (it disturbs no running job).
 - **Never loop**: at most ``max_restarts`` restarts per container name per
   ``window``, ``cooldown`` apart (a fault inside the cooldown is deferred and
   re-checked when it ends); a fault with the budget spent gives the container
@@ -106,7 +110,7 @@ from gpuwatchd.events import (
     SetPersistence,
     SystemdReloaded,
 )
-from gpuwatchd.records import ADVICE, FieldValue, make_record
+from gpuwatchd.records import ADVICE, NOTIFY_ADVICE, FieldValue, make_record
 from gpuwatchd.state_store import ALL_CONTAINERS, PersistedState
 from gpuwatchd.types import ORCHESTRATOR_LABEL_PREFIXES, Cause, Confidence, ProbeResult
 
@@ -167,6 +171,9 @@ class ContainerView:
     paused_until: float | None  #: None with ``paused``: until resumed
     remediation: Phase | None
     cause: Cause | None  #: of the remediation under way
+    profile: str | None = None
+    action: str = "restart"
+    patterns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -238,6 +245,7 @@ class _Container:
     remediation: _Remediation | None = None
     deferred_until: float | None = None
     recheck: ProbePurpose | None = None  #: probe again once the probe in flight ends
+    image: str = ""  #: its image reference (picks a profile)
 
 
 class Core:
@@ -265,6 +273,7 @@ class Core:
         self._set_in_flight = False
         self._set_attempts: dict[int, float] = {}
         self._host_skips: dict[str, float] = {}
+        self._notify_skips: dict[tuple[str, Cause], float] = {}
         self._warned_orchestrated: set[str] = set()
         self._probe_unavailable: set[str] = set()
         self._tokens: dict[tuple[str | None, DeadlineKind], int] = {}
@@ -403,6 +412,7 @@ class Core:
         for name, c in sorted(self._containers.items()):
             given = self._given_up.get(name)
             paused, until = self._pause_of(name, now)
+            settings = self._settings(c)
             containers.append(
                 ContainerView(
                     name=name,
@@ -418,6 +428,9 @@ class Core:
                     paused_until=until,
                     remediation=c.remediation.phase if c.remediation else None,
                     cause=c.remediation.cause if c.remediation else None,
+                    profile=settings.profile,
+                    action=settings.action,
+                    patterns=tuple(p.source for p in settings.patterns),
                 )
             )
         all_paused, all_until = self._pause_key(ALL_CONTAINERS, now)
@@ -461,7 +474,7 @@ class Core:
         return c if c is not None and c.ref.id == ref.id else None
 
     def _settings(self, c: _Container) -> ContainerSettings:
-        return self._config.for_container(c.ref.name)
+        return self._config.for_container(c.ref.name, c.image)
 
     def _drop(self, c: _Container) -> None:
         del self._containers[c.ref.name]
@@ -554,6 +567,7 @@ class Core:
         if c is not None and c.ref.id == event.ref.id:
             c.state = event.state
             c.started_at = event.started_at
+            c.image = event.image or c.image
             return
         orchestrated = any(k.startswith(ORCHESTRATOR_LABEL_PREFIXES) for k in event.labels)
         change = "watched"
@@ -561,7 +575,7 @@ class Core:
             # Recreated under the same name: a new instance, same budget.
             self._drop(c)
             change = "recreated"
-        c = _Container(event.ref, event.state, event.started_at, orchestrated)
+        c = _Container(event.ref, event.state, event.started_at, orchestrated, image=event.image)
         self._containers[name] = c
         self._emit("watch_set_changed", c, change=change, reason=event.state.value)
         if orchestrated and name not in self._warned_orchestrated:
@@ -575,7 +589,7 @@ class Core:
             )
 
     def _grace_end(self, c: _Container) -> float:
-        return c.started_at + self._config.probe.start_grace
+        return c.started_at + self._settings(c).start_grace
 
     def _busy(self, c: _Container, now: float) -> bool:
         return (
@@ -770,6 +784,9 @@ class Core:
                     dry_run=self._dry_run,
                 )
             return
+        if self._settings(c).action == "notify":
+            self._notify_only(c, now, cause, confidence)
+            return
         if self._paused_now(name, now):
             self._emit(
                 "remediation_skipped",
@@ -814,6 +831,30 @@ class Core:
                     self._set_persistence(off, now)
                 return  # step 2 follows PersistenceSetFinished
         self._restart(c, now)
+
+    def _notify_only(
+        self, c: _Container, now: float, cause: Cause, confidence: Confidence | None
+    ) -> None:
+        """A proven fault in a container that must not be restarted: tell, advise, leave it."""
+        off = [g for g in self._gpus.values() if not g.persistence]
+        if off and self._config.gpu.enforce_persistence and not self._set_in_flight:
+            self._set_persistence(off, now)  # a host setting: no running job notices
+        key = (c.ref.name, cause)
+        last = self._notify_skips.get(key)
+        if last is not None and now - last < self._config.remediation.window:
+            return
+        self._notify_skips[key] = now
+        self._emit(
+            "remediation_skipped",
+            c,
+            reason="notify_only",
+            cause=cause.value,
+            confidence=confidence.value if confidence else None,
+            advice=NOTIFY_ADVICE.get(cause.value, NOTIFY_ADVICE["unknown"]).format(
+                container=c.ref.name
+            ),
+            dry_run=self._dry_run,
+        )
 
     def _restart(self, c: _Container, now: float) -> None:
         """Step 2: take a budget entry, then restart (dry run: record and stop here)."""
@@ -1072,6 +1113,8 @@ class Core:
             self._given_up.pop(n, None)
             self._host_skips.pop(n, None)
             self._tokens.pop((n, DeadlineKind.GIVE_UP_END), None)
+        for key in [k for k in self._notify_skips if name is None or k[0] == name]:
+            del self._notify_skips[key]
         if name is None:
             self._host_skips.clear()
         self._emit("operator_reset", target=_target(name))

@@ -162,6 +162,7 @@ class ContainerWatched:
     state: ContainerState
     started_at: float
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    image: str = ""  #: the image reference it was created from (picks a profile)
 
 
 @dataclass(frozen=True)

@@ -280,7 +280,8 @@ _ENTRIES: tuple[EventSpec, ...] = (
         "remediation_skipped",
         _L.WARNING,
         "a fault was found but gpuwatchd will not restart: reason host_cause "
-        "(with advice; once per window), orchestrated (once), paused, not_running",
+        "(with advice; once per window), notify_only (action = notify; with advice; once "
+        "per window per cause), orchestrated (once), paused, not_running",
         "not restarting {container}: {reason}. {advice}",
         "a77c4bd8079d43edb1b3be9de0c335f7",
         ("reason", "advice", "state"),
@@ -418,6 +419,22 @@ ADVICE: Mapping[str, str] = MappingProxyType(
         "and seating.",
         "driver_not_loaded": "The NVIDIA kernel module is not loaded: reload it "
         "(modprobe nvidia) or reboot the host.",
+    }
+)
+
+
+#: What to do about a fault in a container whose action is "notify" (by cause;
+#: ``{container}`` is filled in). Each restarts the container only when its job allows.
+NOTIFY_ADVICE: Mapping[str, str] = MappingProxyType(
+    {
+        "persistence_off": "Persistence mode was off and the driver idled; it is on again "
+        "now (enforce_persistence). Restart {container} when its job allows: "
+        "docker restart {container}.",
+        "device_access_lost": "A systemd daemon-reload revoked the container's GPU access; "
+        "running processes keep working, new ones fail. Restart {container} when its job "
+        "allows: docker restart {container}.",
+        "unknown": "NVML fails inside {container}. Restart it when its job allows: "
+        "docker restart {container}; `gpuwatchd diagnose {container}` names the cause.",
     }
 )
 
