@@ -622,7 +622,7 @@ class Daemon:
             self._detach(info.id)
         if known is None or known.name != info.name:
             await self._feed(ContainerWatched(_ref(info), _state(info), info.started_at,
-                                              info.labels))
+                                              info.labels, info.image))
         else:
             await self._feed(ContainerStateChanged(_ref(info), _state(info), info.started_at))
 
@@ -661,7 +661,7 @@ class Daemon:
             current.stop()
         follower = LogFollower(
             self._gateway, info.id, info.name, since,
-            self.config.for_container(info.name).patterns,
+            self.config.for_container(info.name, info.image).patterns,
             self._on_log_match, self._on_follower_end,
         )
         self._followers[info.id] = follower
@@ -700,7 +700,7 @@ class Daemon:
         timer = self._timers.get(info.id)
         if timer is not None and not timer.done():
             return
-        interval = self.config.for_container(info.name).probe_interval
+        interval = self.config.for_container(info.name, info.image).probe_interval
         ref = _ref(info)
         self._timers[info.id] = self._spawn(self._probe_timer(ref, interval), f"timer-{info.name}")
 
@@ -832,7 +832,7 @@ class Daemon:
         for cid, follower in self._followers.items():
             info = self._watched.get(cid)
             if info is not None:
-                follower.patterns = new.for_container(info.name).patterns
+                follower.patterns = new.for_container(info.name, info.image).patterns
         await self._resync("config reloaded")
         sdnotify.ready(self.status_line())
 

@@ -50,6 +50,7 @@ class ContainerInfo:
     uses_gpu: bool = False
     expects_nvidia_device: bool = False  #: it was given /dev/nvidia* or GPUs at creation
     log_driver: str = "json-file"
+    image: str = ""  #: the image reference it was created from (``Config.Image``)
 
     @property
     def short_id(self) -> str:
@@ -120,6 +121,7 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         uses_gpu=uses_gpu,
         expects_nvidia_device=nvidia_devices or gpu_requests or host.get("Runtime") == "nvidia",
         log_driver=str((host.get("LogConfig") or {}).get("Type", "json-file")),
+        image=str(config.get("Image") or ""),
     )
 
 
@@ -132,6 +134,7 @@ def summary_info(summary: Mapping[str, Any]) -> ContainerInfo:
         status=str(summary.get("State", "unknown")),
         started_at=0.0,
         labels=MappingProxyType(dict(summary.get("Labels") or {})),
+        image=str(summary.get("Image") or ""),
     )
 
 

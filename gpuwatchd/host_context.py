@@ -296,7 +296,7 @@ def container_facts(
         DockerUnavailable: the engine stopped answering.
     """
     info: ContainerInfo = container_info(attrs)
-    settings = config.for_container(info.name)
+    settings = config.for_container(info.name, info.image)
     patterns = tuple(settings.patterns)
     try:
         raw = gateway.recent_logs(info.id, since=now - LOG_WINDOW, tail=LOG_TAIL)
