@@ -47,7 +47,7 @@ def test_each_app_prints_its_lines_when_nvml_fails(
     for app, profile in APPS.items():
         c = containers[app]
         found = wait_for(lambda c=c, p=profile: matched(log_lines(c), p) or None, 30,
-                         message=lambda c=c: f"{app}'s fault line: {log_lines(c)[-3:]}")
+                         message=lambda c=c, a=app: f"{a} fault line: {log_lines(c)[-3:]}")
         assert found, app
     # Plex logs nothing a profile matches: its profile has no patterns, only the probe.
     plex = containers["plex"]
