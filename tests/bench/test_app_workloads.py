@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from docker.models.containers import Container
 
 from gpuwatchd.patterns import LogPattern
 from gpuwatchd.profiles import PROFILES
@@ -31,6 +34,22 @@ def matched(lines: list[str], profile: str) -> list[str]:
     return [line for line in lines if any(p.matches(line) for p in patterns)]
 
 
+def matcher(profile: str) -> Callable[[str], bool]:
+    patterns = [LogPattern(p) for p in PROFILES[profile].patterns]
+
+    def matches(line: str) -> bool:
+        return any(p.matches(line) for p in patterns)
+
+    return matches
+
+
+def wait_for_line(c: Container, predicate: Callable[[str], bool], what: str) -> None:
+    def found() -> bool:
+        return any(predicate(line) for line in log_lines(c))
+
+    wait_for(found, 30, message=f"{what} in {c.name}")
+
+
 def test_each_app_prints_its_lines_when_nvml_fails(
     make_container: ContainerFactory, gpu: GpuController
 ) -> None:
@@ -41,18 +60,14 @@ def test_each_app_prints_its_lines_when_nvml_fails(
         for app in [*APPS, "plex"]
     }
     for app, c in containers.items():
-        wait_for(lambda c=c: ONAIR_LINE in log_lines(c), 30, message=f"{app} healthy")
+        wait_for_line(c, lambda line: line == ONAIR_LINE, f"{app} healthy")
         assert matched(log_lines(c), APPS.get(app, "generic")) == [], app
     assert gpu.idle_driver()
     for app, profile in APPS.items():
-        c = containers[app]
-        found = wait_for(lambda c=c, p=profile: matched(log_lines(c), p) or None, 30,
-                         message=lambda c=c, a=app: f"{a} fault line: {log_lines(c)[-3:]}")
-        assert found, app
+        wait_for_line(containers[app], matcher(profile), f"{app}'s fault line")
     # Plex logs nothing a profile matches: its profile has no patterns, only the probe.
     plex = containers["plex"]
-    wait_for(lambda: any("Plex Transcoder" in line for line in log_lines(plex)), 30,
-             message="plex's failure line")
+    wait_for_line(plex, lambda line: "Plex Transcoder" in line, "plex's failure line")
     assert PROFILES["plex"].patterns == ()
     for profile in PROFILES:
         if profile != "generic":
@@ -64,6 +79,6 @@ def test_tuner_fault_mode_prints_the_apps_line_while_nvml_works(
 ) -> None:
     c = make_container("konomi", mode="tuner_fault",
                        environment={"WORKLOAD_APP": "ollama", "WORKLOAD_INTERVAL": "0.3"})
-    wait_for(lambda: matched(log_lines(c), "ollama") or None, 30, message="ollama's line")
+    wait_for_line(c, lambda line: bool(matched([line], "ollama")), "ollama's line")
     rc, _ = c.exec_run(["nvidia-smi", "-L"])
     assert rc == 0
