@@ -8,6 +8,7 @@ once. Line-to-restart times are printed (``-s`` shows them), never asserted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -55,10 +56,8 @@ def image_refs(docker_client: docker.DockerClient, bench: Bench) -> Iterator[dic
             refs[ref] = ref
     yield refs
     for ref in refs:
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             docker_client.images.remove(ref, noprune=True)
-        except docker.errors.APIError:
-            pass
 
 
 def profile_of(spec: str) -> str:
