@@ -1,4 +1,5 @@
-"""One container broken five times in a row: five restarts, each told in order.
+"""One container broken five times in a row: five restarts, each told in order;
+a tuner-fault container is still spared.
 
 The real daemon (a subprocess), the real Docker engine, the stand-in driver.
 The probe interval is 60 s, so every fault is found from the log path. Each
@@ -11,11 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import docker
 import pytest
 from docker.models.containers import Container
 
 from tests.bench.gpu import GpuController
-from tests.live.conftest import Sections, healthy
+from tests.live.conftest import Sections, healthy, started_at
 from tests.live.daemon_process import DaemonProcess
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -68,3 +70,32 @@ def test_five_faults_in_a_row_are_each_restarted_with_their_reasons_first(
     assert daemon.stop() == 0
     # What the shutdown flush wrote keeps the rules too.
     check_story(daemon.records, konomi.name)
+
+
+def test_a_tuner_fault_container_costs_at_most_seven_probes_a_minute(
+    gpu: GpuController,
+    make_container: Callable[..., Container],
+    start_daemon: Callable[..., DaemonProcess],
+    watched: dict[str, str],
+    docker_client: docker.DockerClient,
+) -> None:
+    """ER-05 every second while NVML works, for 60 s, with the same settings: at most
+    7 probes (one timer probe, one confirmation per 10 s) and no restart."""
+    gpu.set_persistence(True)
+    tuner = make_container("konomi", mode="tuner_fault", labels=watched,
+                           environment={"WORKLOAD_INTERVAL": "1"})
+    before = started_at(tuner)
+    since = int(time.time())
+    daemon = start_daemon(REPEAT)
+    daemon.wait_for("log_match_not_gpu", container=tuner.name, timeout=20)
+    time.sleep(max(0.0, since + 61 - time.time()))
+    execs = list(docker_client.events(
+        since=since, until=since + 60, decode=True,
+        filters={"container": tuner.id, "event": "exec_create"},
+    ))
+    assert 1 <= len(execs) <= 7, f"{len(execs)} probes in 60 s"
+    assert not daemon.find("container_restarted")
+    assert not daemon.find("probe_failed")
+    assert started_at(tuner) == before
+    matched = daemon.find("log_pattern_matched", container=tuner.name)
+    assert sum(int(r.get("count", 1)) for r in matched) >= 40  # lines are reported, not dropped
