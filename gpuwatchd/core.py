@@ -30,10 +30,11 @@ The rules, in the words of issue 3:
   verification after a restart is by staying running and silent for
   ``verify_timeout`` (``result = unverified``).
 - **Records in the order things happened.** A record that leads to an action
-  (the ``log_pattern_matched`` sent with a confirmation probe, a
-  ``probe_failed`` or ``gpu_persistence_off`` that starts a remediation or a
-  remediation record) is emitted with ``fold = False``: the daemon writes it
-  at once, before that action's record, and never folds it.
+  is emitted with ``fold = False``: the ``log_pattern_matched`` sent with a
+  confirmation probe, and a ``probe_failed`` or ``gpu_persistence_off`` that
+  is followed by a probe, a persistence change, a restart or a remediation
+  record. The daemon writes it at once, before that action's record, and
+  never folds it; a true repeat with no consequence stays foldable.
 - **Probe results.** NVML failures are faults; ``timeout`` is recorded but is
   no proof; ``probe_unavailable`` is never a fault and warns once per
   container; ``not_running`` is ignored.
