@@ -18,12 +18,23 @@ Dry run is fixed for the core's life (a reload does not switch modes).
 The rules, in the words of issue 3:
 
 - **A log match alone is not proof.** It asks for a confirmation probe; at
-  most one probe is in flight per container and at most one confirmation per
-  :data:`CONFIRM_MIN_INTERVAL` seconds; matches in between are counted and
-  reported in the next ``log_pattern_matched`` record. A healthy probe gives
-  ``log_match_not_gpu``. With ``confirm_with_probe = false`` the pattern alone
-  is a fault, and verification after a restart is by staying running and
-  silent for ``verify_timeout`` (``result = unverified``).
+  most one probe is in flight per container. A confirmation that led to no
+  restart (NVML healthy: ``log_match_not_gpu``, as a real tuner fault gives
+  every second; a timeout; no probe command; a fault gpuwatchd may not act
+  on) holds the next one back until :data:`CONFIRM_MIN_INTERVAL` seconds after
+  its start; matches in between are counted and reported in the next
+  ``log_pattern_matched`` record. A restart and a heal lift that limit: the
+  next matching line is confirmed at once. Matches seen while a remediation
+  runs join it and are reported (``matches``) in its next record. With
+  ``confirm_with_probe = false`` the pattern alone is a fault, and
+  verification after a restart is by staying running and silent for
+  ``verify_timeout`` (``result = unverified``).
+- **Records in the order things happened.** A record that leads to an action
+  is emitted with ``fold = False``: the ``log_pattern_matched`` sent with a
+  confirmation probe, and a ``probe_failed`` or ``gpu_persistence_off`` that
+  is followed by a probe, a persistence change, a restart or a remediation
+  record. The daemon writes it at once, before that action's record, and
+  never folds it; a true repeat with no consequence stays foldable.
 - **Probe results.** NVML failures are faults; ``timeout`` is recorded but is
   no proof; ``probe_unavailable`` is never a fault and warns once per
   container; ``not_running`` is ignored.
@@ -70,6 +81,7 @@ The rules, in the words of issue 3:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -114,7 +126,8 @@ from gpuwatchd.records import ADVICE, NOTIFY_ADVICE, FieldValue, make_record
 from gpuwatchd.state_store import ALL_CONTAINERS, PersistedState
 from gpuwatchd.types import ORCHESTRATOR_LABEL_PREFIXES, Cause, Confidence, ProbeResult
 
-#: At most one confirmation probe per container in this many seconds.
+#: After a confirmation that led to no restart, the next one waits until this
+#: many seconds after its start (a restart or a heal lifts the wait).
 CONFIRM_MIN_INTERVAL = 10.0
 #: Seconds between verification probes after a restart.
 VERIFY_RETRY = 1.0
@@ -225,6 +238,7 @@ class _Remediation:
     last_result: ProbeResult | None = None
     last_device_access: bool | None = None
     verify_retries: int = 0
+    matches: int = 0  #: pattern matches seen since the remediation's last record
 
 
 @dataclass
@@ -235,6 +249,8 @@ class _Container:
     orchestrated: bool
     probe_purpose: ProbePurpose | None = None
     probe_started: float = 0.0
+    #: Start of the last confirmation, until a restart or a heal clears it:
+    #: the next confirmation waits until CONFIRM_MIN_INTERVAL after it.
     last_confirm: float | None = None
     unreported: int = 0  #: matches not yet in a log_pattern_matched record
     covered: int = 0  #: matches the in-flight confirmation probe answers for
@@ -450,13 +466,26 @@ class Core:
         out, self._out = self._out, []
         return out
 
-    def _emit(self, event: str, c: _Container | None = None, **fields: FieldValue) -> None:
+    def _emit(
+        self, event: str, c: _Container | None = None, *, fold: bool = True, **fields: FieldValue
+    ) -> None:
         if c is not None:
             fields.setdefault("container", c.ref.name)
             fields.setdefault("container_id", c.ref.short_id)
         if self._dry_run:
             fields["dry_run"] = True
-        self._out.append(Emit(make_record(event, **fields)))
+        self._out.append(Emit(make_record(event, **fields), fold))
+
+    def _led_to(self, start: int, decide: Callable[[], None]) -> None:
+        """Run ``decide``; when it did anything besides saving state or setting a
+        timer, the records emitted since ``start`` led to it: they are never folded."""
+        end = len(self._out)
+        decide()
+        if any(not isinstance(a, SaveState | ScheduleWakeup) for a in self._out[end:]):
+            for i in range(start, end):
+                a = self._out[i]
+                if isinstance(a, Emit):
+                    self._out[i] = Emit(a.record, fold=False)
 
     def _save(self) -> None:
         # Dry run changes nothing, the state file included.
@@ -489,6 +518,7 @@ class Core:
             self._nvml_failure = None
             self._emit("nvml_available")
         newly_off = False
+        start = len(self._out)
         gpus: dict[int, _Gpu] = {}
         for info in event.gpus:
             prev = self._gpus.get(info.index)
@@ -505,10 +535,13 @@ class Core:
                     gpu_name=info.name,
                 )
         self._gpus = gpus
+        self._led_to(start, lambda: self._after_snapshot(newly_off, now))
+
+    def _after_snapshot(self, newly_off: bool, now: float) -> None:
         if newly_off:
             self._save()
             self._probe_all(ProbePurpose.DRIFT, now)
-        off = [g for g in gpus.values() if not g.persistence]
+        off = [g for g in self._gpus.values() if not g.persistence]
         if off and self._config.gpu.enforce_persistence and not self._paused_now(None, now):
             retry = self._config.remediation.cooldown
             due = [g for g in off if self._set_attempts.get(g.info.index, -retry) + retry <= now]
@@ -639,21 +672,36 @@ class Core:
             r.faults += 1  # joins the remediation under way
             if r.phase is Phase.VERIFYING and r.by_silence:
                 self._emit(
-                    "log_pattern_matched", c, pattern=event.pattern, line=event.line, count=1
+                    "log_pattern_matched",
+                    c,
+                    fold=False,
+                    pattern=event.pattern,
+                    line=event.line,
+                    count=1,
                 )
                 self._remediation_failed(c, now, "pattern_seen")
                 self._fault(c, now, None)
+            else:
+                r.matches += 1  # reported in the remediation's next record
             return
         c.unreported += 1
         c.pattern, c.line = event.pattern, event.line
         if not self._settings(c).confirm_with_probe:
+            start = len(self._out)
             self._report_matches(c)
-            self._fault(c, now, None)
+            self._led_to(start, lambda: self._fault(c, now, None))
             return
         self._request_confirm(c, now)
 
-    def _report_matches(self, c: _Container) -> None:
-        self._emit("log_pattern_matched", c, pattern=c.pattern, line=c.line, count=c.unreported)
+    def _report_matches(self, c: _Container, *, fold: bool = True) -> None:
+        self._emit(
+            "log_pattern_matched",
+            c,
+            fold=fold,
+            pattern=c.pattern,
+            line=c.line,
+            count=c.unreported,
+        )
         c.unreported = 0
 
     def _request_confirm(self, c: _Container, now: float) -> None:
@@ -667,7 +715,7 @@ class Core:
                 self._wake(c.ref.name, DeadlineKind.CONFIRM, earliest)
             return
         c.covered = c.unreported
-        self._report_matches(c)
+        self._report_matches(c, fold=False)  # it leads to the probe
         c.last_confirm = now
         self._probe(c, ProbePurpose.CONFIRM, now)
 
@@ -706,6 +754,11 @@ class Core:
             if verifying:
                 self._retry_verify(c, now)
         else:
+            fault = result.is_gpu_fault and not verifying
+            start = len(self._out)
+            if fault and c.unreported:
+                # Matches held back (or seen while this probe ran): this explains them.
+                self._report_matches(c)
             self._emit(
                 "probe_failed",
                 c,
@@ -723,8 +776,8 @@ class Core:
                 r.last_result = result
                 r.last_device_access = event.device_access_ok
                 self._retry_verify(c, now)
-            elif result.is_gpu_fault:
-                self._fault(c, now, event.device_access_ok)
+            elif fault:
+                self._led_to(start, lambda: self._fault(c, now, event.device_access_ok))
             # A timeout proves nothing: a hung nvidia-smi is recorded, not healed.
         if c.remediation is None and c.unreported:
             self._request_confirm(c, now)
@@ -818,6 +871,8 @@ class Core:
                 self._wake(name, DeadlineKind.COOLDOWN_END, until)
             return
         c.deferred_until = None
+        if c.unreported:
+            self._report_matches(c, fold=False)  # they belong to this fault
         r = _Remediation(cause, confidence, began=now)
         c.remediation = r
         # Step 1: persistence mode on every GPU seen off.
@@ -869,6 +924,7 @@ class Core:
                 c,
                 reason="not_running",
                 state=c.state.value,
+                matches=_take_matches(r),
                 cause=r.cause.value,
                 advice="It stopped before the restart; gpuwatchd never starts a stopped container.",
                 dry_run=self._dry_run,
@@ -894,6 +950,7 @@ class Core:
             attempt=r.attempt,
             max_restarts=self._config.remediation.max_restarts,
             count=r.faults,
+            matches=_take_matches(r),
             dry_run=self._dry_run,
         )
 
@@ -912,6 +969,7 @@ class Core:
             c.state = ContainerState.RUNNING
             c.started_at = event.started_at if event.started_at is not None else now
             c.probe_purpose = None  # a probe of the old process is meaningless
+            c.last_confirm = None  # a new process: its first matching line is confirmed at once
             self._emit_restarted(c, r)
             r.phase, r.restarted_at = Phase.VERIFYING, now
             r.by_silence = (
@@ -939,6 +997,7 @@ class Core:
                 c,
                 reason="not_running",
                 state=event.state.value if event.state else None,
+                matches=_take_matches(r),
                 cause=r.cause.value,
                 advice="It was not running right before the restart; gpuwatchd never "
                 "starts a stopped container.",
@@ -952,6 +1011,7 @@ class Core:
                 error=event.error,
                 cause=r.cause.value,
                 count=r.faults,
+                matches=_take_matches(r),
                 dry_run=self._dry_run,
             )
 
@@ -976,10 +1036,11 @@ class Core:
             cause=r.cause.value,
             elapsed=round(now - r.restarted_at, 3),
             count=r.faults,
+            matches=_take_matches(r),
             dry_run=self._dry_run,
         )
         c.remediation = None
-        c.unreported = 0
+        c.last_confirm = None  # healed: the next matching line is confirmed at once
 
     def _remediation_failed(self, c: _Container, now: float, result: str) -> None:
         r = c.remediation
@@ -991,10 +1052,10 @@ class Core:
             cause=r.cause.value,
             state=c.state.value if c.state is not ContainerState.RUNNING else None,
             count=r.faults,
+            matches=_take_matches(r),
             dry_run=self._dry_run,
         )
         c.remediation = None
-        c.unreported = 0
 
     def _on_verify_deadline(self, c: _Container, now: float) -> None:
         r = c.remediation
@@ -1139,6 +1200,13 @@ class Core:
         if name is None:
             return self._pause_key(ALL_CONTAINERS, now)[0]
         return self._pause_of(name, now)[0]
+
+
+def _take_matches(r: _Remediation) -> int | None:
+    """The matches seen since the remediation's last record (None: none); each is
+    reported once."""
+    n, r.matches = r.matches, 0
+    return n or None
 
 
 def _target(key: str | None) -> str:

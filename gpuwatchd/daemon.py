@@ -402,8 +402,8 @@ class Daemon:
             with contextlib.suppress(RuntimeError):  # the loop closed under us
                 loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
-    def _record(self, record: Record) -> None:
-        for out in self._folder.offer(record, time.time()):
+    def _record(self, record: Record, *, fold: bool = True) -> None:
+        for out in self._folder.offer(record, time.time(), fold=fold):
             self._write(out)
 
     def _write(self, record: Record) -> None:
@@ -460,7 +460,7 @@ class Daemon:
 
     async def _start_action(self, action: Action) -> None:
         if isinstance(action, Emit):
-            self._record(action.record)
+            self._record(action.record, fold=action.fold)
         elif isinstance(action, SaveState):
             # Awaited in order: the budget is on disk before the restart starts.
             try:
