@@ -123,7 +123,7 @@ from gpuwatchd.events import (
     SystemdReloaded,
 )
 from gpuwatchd.records import ADVICE, NOTIFY_ADVICE, FieldValue, make_record
-from gpuwatchd.state_store import ALL_CONTAINERS, PersistedState
+from gpuwatchd.state_store import ALL_CONTAINERS, MAX_HISTORY, HistoryEntry, PersistedState
 from gpuwatchd.types import ORCHESTRATOR_LABEL_PREFIXES, Cause, Confidence, ProbeResult
 
 #: After a confirmation that led to no restart, the next one waits until this
@@ -281,6 +281,7 @@ class Core:
         self._given_up: dict[str, float] = dict(st.given_up)
         self._paused: dict[str, float | None] = dict(st.paused)
         self._gpu_last_disabled: dict[str, float] = dict(st.gpu_last_disabled)
+        self._history: dict[str, list[HistoryEntry]] = {k: list(v) for k, v in st.history.items()}
         self._gpus: dict[int, _Gpu] = {}
         self._containers: dict[str, _Container] = {}
         self._nvml_failure: NvmlFailure | None = None
@@ -315,6 +316,7 @@ class Core:
             given_up=dict(self._given_up),
             paused=dict(self._paused),
             gpu_last_disabled=dict(self._gpu_last_disabled),
+            history={k: tuple(v) for k, v in self._history.items() if v},
         )
 
     def start(self, now: float) -> list[Action]:
@@ -486,6 +488,14 @@ class Core:
                 a = self._out[i]
                 if isinstance(a, Emit):
                     self._out[i] = Emit(a.record, fold=False)
+
+    def _remember(self, name: str, entry: HistoryEntry) -> None:
+        """Keep what gpuwatchd did, for ``diagnose`` (dry run changes nothing)."""
+        if self._dry_run:
+            return
+        entries = self._history.setdefault(name, [])
+        entries.append(entry)
+        del entries[:-MAX_HISTORY]
 
     def _save(self) -> None:
         # Dry run changes nothing, the state file included.
@@ -971,6 +981,9 @@ class Core:
             c.probe_purpose = None  # a probe of the old process is meaningless
             c.last_confirm = None  # a new process: its first matching line is confirmed at once
             self._emit_restarted(c, r)
+            self._remember(c.ref.name, HistoryEntry(
+                now, "restarted", r.cause.value, r.confidence.value if r.confidence else None))
+            self._save()
             r.phase, r.restarted_at = Phase.VERIFYING, now
             r.by_silence = (
                 not self._settings(c).confirm_with_probe or c.ref.name in self._probe_unavailable
@@ -1041,6 +1054,8 @@ class Core:
         )
         c.remediation = None
         c.last_confirm = None  # healed: the next matching line is confirmed at once
+        self._remember(c.ref.name, HistoryEntry(now, "recovered", r.cause.value, result))
+        self._save()
 
     def _remediation_failed(self, c: _Container, now: float, result: str) -> None:
         r = c.remediation
@@ -1078,6 +1093,7 @@ class Core:
         name = c.ref.name
         window = self._config.remediation.window
         self._given_up[name] = now
+        self._remember(name, HistoryEntry(now, "gave_up", cause.value))
         self._emit(
             "remediation_gave_up",
             c,
