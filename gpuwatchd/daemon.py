@@ -852,6 +852,9 @@ class Daemon:
             raise ControlError("container must be a name")
         if command == "status":
             return self.status_document()
+        if command == "history":
+            assert self._core is not None
+            return {"now": time.time(), "state": self._core.persisted().to_json()}
         if command == "reset":
             self._queue.put_nowait(ResetRequested(container))
             return {"reset": container or "all"}

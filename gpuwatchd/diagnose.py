@@ -23,13 +23,23 @@ host at risk from ``systemctl daemon-reload``) does not change the status.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from gpuwatchd.compat import StrEnum
 from gpuwatchd.exitcodes import ExitCode
+from gpuwatchd.state_store import HistoryEntry
 from gpuwatchd.types import Cause, ProbeResult
+
+#: A matching line counts against the application (``not_gpu``) only when it was
+#: logged this long after the container's last start and after gpuwatchd's last
+#: restart of it: the engine stamps StartedAt late, so the line that led to a
+#: restart can carry a time just after the new start.
+START_MARGIN = 2.0
+#: gpuwatchd records a restart once the engine says it is done, a moment after
+#: the new StartedAt; a restart recorded this long before the start still made it.
+RESTART_SLACK = 5.0
 
 #: What packaging/systemd ships, and where install.sh puts it.
 DROPIN_SOURCE = "packaging/systemd/nvidia-persistenced.service.d/gpuwatchd-persistence-mode.conf"
@@ -152,6 +162,7 @@ class LogFacts:
     last_line: str | None = None
     last_at: float | None = None
     error: str | None = None  #: why the logs could not be read
+    match_times: tuple[float, ...] = ()  #: when each matching line was logged
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,21 @@ class ContainerFacts:
     device_access_ok: bool | None = None  #: cgroup v1 evidence; None: cannot tell
     library_version: str | None = None  #: libnvidia-ml.so.VERSION inside
     logs: LogFacts = field(default_factory=LogFacts)
+    #: What gpuwatchd did to it, oldest first (see :class:`HistoryFacts`).
+    history: tuple[HistoryEntry, ...] = ()
+    given_up_at: float | None = None  #: when gpuwatchd gave up on it, while it holds
+
+
+@dataclass(frozen=True)
+class HistoryFacts:
+    """Where the daemon's history came from: ``daemon`` (asked on its control
+    socket), ``state file``, or ``none``; ``as_of`` is when it was current (the
+    daemon's clock, or the file's modification time)."""
+
+    source: str = "none"
+    where: str = ""
+    as_of: float | None = None
+    error: str | None = None  #: why no source could be read
 
 
 @dataclass(frozen=True)
@@ -186,6 +212,7 @@ class Facts:
 
     host: HostFacts
     containers: tuple[ContainerFacts, ...] = ()
+    history: HistoryFacts = field(default_factory=HistoryFacts)
 
 
 # --------------------------------------------------------------------------
@@ -393,8 +420,14 @@ def _log_evidence(c: ContainerFacts) -> list[str]:
     return [text]
 
 
+def _history_evidence(c: ContainerFacts) -> list[str]:
+    shown = [f"{e.event} at {_when(e.at)} ({e.cause}{', ' + e.detail if e.detail else ''})"
+             for e in c.history[-3:]]
+    return [f"gpuwatchd: {'; '.join(shown)}"] if shown else []
+
+
 def _context_evidence(host: HostFacts, c: ContainerFacts) -> list[str]:
-    out = []
+    out = _history_evidence(c)
     if c.device_access_ok is True:
         out.append("device cgroup: /dev/nvidiactl still allowed")
     elif c.device_access_ok is False:
@@ -410,7 +443,67 @@ def _context_evidence(host: HostFacts, c: ContainerFacts) -> list[str]:
 
 
 def container_verdict(host: HostFacts, c: ContainerFacts) -> Verdict:
-    """The most likely cause for one container, its evidence and its fix; see the module doc."""
+    """The most likely cause for one container, its evidence and its fix; see the module doc.
+
+    What gpuwatchd did to the container (``c.history``) is evidence too: a start
+    that gpuwatchd's own restart explains, with NVML working now, is ``healed``
+    (healthy, with the lasting fixes for the cause it healed), and a give-up in
+    force is named, with ``gpuwatchd reset``, whatever the verdict.
+    """
+    verdict = _judge(host, c)
+    if c.given_up_at is None:
+        return verdict
+    cause = next((e.cause for e in reversed(c.history) if e.event == "gave_up"), "unknown")
+    reset = f"gpuwatchd reset {c.name}"
+    return replace(
+        verdict,
+        summary=f"{verdict.summary} gpuwatchd gave up on {c.name} at {_when(c.given_up_at)} "
+        f"({cause}) and restarts it no more until `{reset}`, once the host is fixed.",
+        fix_now=(*verdict.fix_now, f"{reset}  # after fixing the cause"),
+    )
+
+
+def unexplained_matches(c: ContainerFacts) -> int:
+    """Matching lines logged after the container's last start and after gpuwatchd's
+    last restart of it, each plus :data:`START_MARGIN`: the lines a tuner or the
+    application itself must answer for."""
+    if not c.logs.match_times:
+        return c.logs.matches_since_start
+    restarts = [e.at for e in c.history if e.event == "restarted"]
+    floor = max([c.started_at, *restarts]) + START_MARGIN
+    return sum(1 for t in c.logs.match_times if t > floor)
+
+
+def healing_restart(c: ContainerFacts) -> HistoryEntry | None:
+    """gpuwatchd's restart that made the container's current run, if one did."""
+    for e in reversed(c.history):
+        if e.event == "restarted":
+            return e if e.at >= c.started_at - RESTART_SLACK else None
+    return None
+
+
+def _healed(host: HostFacts, c: ContainerFacts, restart: HistoryEntry,
+            evidence: tuple[str, ...], advice: tuple[str, ...]) -> Verdict:
+    confidence = f" ({restart.detail})" if restart.detail else ""
+    summary = (f"NVML works now inside {c.name}; gpuwatchd restarted it at "
+               f"{_when(restart.at)} for {restart.cause}{confidence}")
+    good: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    if restart.cause == Cause.PERSISTENCE_OFF.value:
+        off = [g for g in host.nvml.gpus if not g.persistence]
+        if off:
+            summary += f"; persistence mode is off again on {_gpu_list(off)}"
+        elif host.nvml.gpus:
+            summary += "; persistence mode is on"
+        good, extra = _persistence_fix_for_good(), (_RELOAD_CAVEAT,)
+    elif restart.cause == Cause.DEVICE_ACCESS_LOST.value:
+        good = _device_access_prevention()
+    summary += ". The cause stays on the host until it is fixed for good." if good else "."
+    return Verdict("healed", Status.HEALTHY, summary, evidence, (), good,
+                   tuple(dict.fromkeys((*extra, *advice))))
+
+
+def _judge(host: HostFacts, c: ContainerFacts) -> Verdict:
     evidence = [*_log_evidence(c)]
     if c.probe is not None:
         evidence.insert(0, _probe_evidence(c.probe))
@@ -435,15 +528,19 @@ def container_verdict(host: HostFacts, c: ContainerFacts) -> Verdict:
     result = c.probe.result
 
     if result is ProbeResult.OK:
-        if c.logs.matches_since_start:
+        unexplained = unexplained_matches(c)
+        if unexplained:
             return Verdict(
                 "not_gpu", Status.PROBLEM,
-                f"NVML works inside {c.name}, yet it logged {c.logs.matches_since_start} "
-                "matching line(s) since it started: likely a genuine tuner or application "
-                "fault, not the GPU.", ev,
+                f"NVML works inside {c.name}, yet it logged {unexplained} matching line(s) "
+                "since it started that no gpuwatchd restart explains: likely a genuine tuner "
+                "or application fault, not the GPU.", ev,
                 advice=(f"look at the tuner backend and the application's own log: "
                         f"docker logs --tail 100 {c.name}", *advice),
             )
+        healer = healing_restart(c)
+        if healer is not None:
+            return _healed(host, c, healer, ev, advice)
         return Verdict("healthy", Status.HEALTHY, f"NVML works inside {c.name}.", ev,
                        advice=advice)
 
@@ -579,6 +676,12 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             "last_systemd_reload": _json_time(host.last_reload),
             "findings": [f.to_json() for f in d.host_findings],
         },
+        "history": {
+            "source": d.facts.history.source,
+            "where": d.facts.history.where or None,
+            "as_of": _json_time(d.facts.history.as_of),
+            "error": d.facts.history.error,
+        },
         "containers": [_container_json(r) for r in d.containers],
     }
 
@@ -610,7 +713,27 @@ def _container_json(r: ContainerReport) -> dict[str, Any]:
             "last_at": _json_time(c.logs.last_at),
             "error": c.logs.error,
         },
+        "history": [{**e.to_json(), "at": _json_time(e.at)} for e in c.history],
+        "given_up_at": _json_time(c.given_up_at),
     }
+
+
+def history_source(h: HistoryFacts, now: float) -> str:
+    """Where the daemon's history came from, and how old it is, in words."""
+    if h.source == "daemon":
+        return f"from the running daemon (control socket in {h.where})"
+    if h.source == "state file" and h.as_of is not None:
+        age = max(0.0, now - h.as_of)
+        return f"from the state file {h.where}, written {_age(age)} ago (no daemon answered)"
+    return f"none ({h.error or 'not read'})"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 _HEADLINE = {
@@ -677,6 +800,7 @@ def render_text(d: Diagnosis) -> str:
     else:
         out.append(f"  docker: unavailable ({dk.error})")
     out.append(f"  last systemd reload: {_when(host.last_reload)}")
+    out.append(f"  gpuwatchd history: {history_source(d.facts.history, host.now)}")
     for f in d.host_findings:
         out.append(f"  -- {f.cause} ({f.status.value})")
         seen = (f.fix_now, f.fix_for_good) in shown_fixes or (

@@ -30,10 +30,12 @@ from gpuwatchd.diagnose import (
     GPU_DEVICE,
     GPU_LEGACY_HOOK,
     GPU_NVIDIA_RUNTIME,
+    START_MARGIN,
     ContainerFacts,
     DockerFacts,
     Facts,
     GpuFact,
+    HistoryFacts,
     HostFacts,
     LogFacts,
     NvmlFacts,
@@ -50,6 +52,7 @@ from gpuwatchd.docker_io import (
     parse_docker_time,
 )
 from gpuwatchd.patterns import first_match
+from gpuwatchd.state_store import HistoryEntry, PersistedState, read_state_file, state_path
 
 PERSISTENCED = "nvidia-persistenced"
 #: How far back the logs are read, and at most how many lines.
@@ -60,9 +63,6 @@ LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib/aarch64-linux-gnu"
 _LIB_VERSION = re.compile(r"^libnvidia-ml\.so\.(\d+\.\d+(?:\.\d+)?)$")
 _MODULE_VERSION = re.compile(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)")
 _DRIVER_VERSION = re.compile(r"Driver Version:\s*(\d+\.\d+(?:\.\d+)?)")
-#: Log lines this many seconds before the container's StartedAt still count as
-#: "since the last start".
-START_SLACK = 1.0
 #: A bound on the one external command run (systemctl show).
 SYSTEMCTL_TIMEOUT = 5.0
 
@@ -263,6 +263,7 @@ def gpu_methods(attrs: Mapping[str, Any], default_runtime: str | None = None) ->
 def scan_logs(raw: bytes, patterns: Sequence[Any], started_at: float) -> LogFacts:
     """Match timestamped ``docker logs`` output against the patterns (pure)."""
     scanned = matches = since = 0
+    times: list[float] = []
     last_line: str | None = None
     last_at: float | None = None
     for line in raw.decode("utf-8", errors="replace").splitlines():
@@ -275,14 +276,18 @@ def scan_logs(raw: bytes, patterns: Sequence[Any], started_at: float) -> LogFact
             at = parse_docker_time(stamp)
         except ValueError:
             at = 0.0
-        # The engine stamps StartedAt only after the process runs, so a line logged
-        # at once can carry an earlier time: allow START_SLACK.
-        if at >= started_at - START_SLACK:
+        # The engine stamps StartedAt only after the process runs, so the line
+        # that led to a restart can carry a time just after the new start: only
+        # lines START_MARGIN past it belong to this run.
+        if at > started_at + START_MARGIN:
             since += 1
+        if at:
+            times.append(at)
         last_line, last_at = text.strip()[:300], at or None
     return LogFacts(
         patterns=tuple(p.source for p in patterns), scanned=scanned, matches=matches,
         matches_since_start=since, last_line=last_line, last_at=last_at,
+        match_times=tuple(times),
     )
 
 
@@ -324,6 +329,44 @@ def container_facts(
         gpu_methods=gpu_methods(attrs, docker.default_runtime), probe=probe,
         device_access_ok=access, library_version=lib, logs=logs,
     )
+
+
+# --------------------------------------------------------------------------
+# What the daemon saw and did
+
+
+@dataclass(frozen=True)
+class History:
+    """The daemon's history of every container, and where it came from."""
+
+    facts: HistoryFacts
+    entries: Mapping[str, tuple[HistoryEntry, ...]]
+    given_up: Mapping[str, float]
+
+
+def daemon_history(config: Config) -> History:
+    """Ask the running daemon (its control socket); without one, read its state
+    file, without moving or changing anything. Never raises."""
+    from gpuwatchd.control import ControlError, NoDaemon, request
+
+    runtime = config.daemon.runtime_dir
+    try:
+        doc = request(runtime, {"command": "history"}, timeout=5.0)
+        state = PersistedState.from_json(doc["state"])
+        return History(HistoryFacts("daemon", str(runtime), float(doc["now"])),
+                       state.history, state.given_up)
+    except (NoDaemon, ControlError, OSError, KeyError, TypeError, ValueError) as exc:
+        daemon_error = one_line(exc)
+    path = state_path(config.daemon.state_dir)
+    try:
+        state, mtime = read_state_file(path)
+    except FileNotFoundError:
+        return History(HistoryFacts(error=f"no daemon answered ({daemon_error}) and no "
+                                          f"state file at {path}"), {}, {})
+    except (OSError, ValueError) as exc:
+        return History(HistoryFacts(error=f"no daemon answered ({daemon_error}); state file "
+                                          f"{path}: {one_line(exc)}"), {}, {})
+    return History(HistoryFacts("state file", str(path), mtime), state.history, state.given_up)
 
 
 # --------------------------------------------------------------------------
@@ -403,10 +446,23 @@ def gather(
             )
         except DockerUnavailable as exc:
             return Facts(_with_docker(host, DockerFacts(available=False, error=str(exc))))
-        return Facts(host, containers)
+        history = daemon_history(config)
+        containers = tuple(
+            replace(c, history=history.entries.get(c.name, ()),
+                    given_up_at=_in_force(history.given_up.get(c.name), config, now))
+            for c in containers
+        )
+        return Facts(host, containers, history.facts)
     finally:
         if own and gateway is not None:
             gateway.close()
+
+
+def _in_force(given_up_at: float | None, config: Config, now: float) -> float | None:
+    """A give-up holds for one window (a stopped daemon has not re-armed it yet)."""
+    if given_up_at is None or given_up_at + config.remediation.window <= now:
+        return None
+    return given_up_at
 
 
 def _with_docker(host: HostFacts, docker: DockerFacts) -> HostFacts:

@@ -250,6 +250,20 @@ def _read_regular(path: Path) -> bytes:
     return data
 
 
+def read_state_file(path: Path) -> tuple[PersistedState, float]:
+    """Read the state file as it is, for a reader that must change nothing
+    (``diagnose``); returns the state and the file's modification time.
+
+    Raises:
+        FileNotFoundError: no file.
+        ValueError: not a usable state file (see :func:`load_state`).
+        OSError: it cannot be read.
+    """
+    data = _read_regular(path)
+    mtime = path.stat().st_mtime
+    return PersistedState.from_json(json.loads(data), now=time.time()), mtime
+
+
 def state_path(state_dir: Path) -> Path:
     """Where the state file lives inside ``state_dir``."""
     return state_dir / STATE_FILE_NAME

@@ -20,7 +20,7 @@ from gpuwatchd.state_store import (
 )
 from gpuwatchd.types import ProbeResult
 
-from .core_harness import GPU0, GPU0_OFF, KONOMI, T0, Harness, make_config
+from .core_harness import GPU0, GPU0_OFF, T0, Harness, make_config
 
 #: A state file exactly as the previous release (state version 1) writes it.
 VERSION_1_FILE = {
