@@ -101,6 +101,8 @@ MAX_CONCURRENT_PROBES = 8
 MAX_CONCURRENT_RESTARTS = 2
 #: How long shutdown waits for restarts in flight beyond their own stop timeout.
 SHUTDOWN_GRACE = 10.0
+#: How long shutdown lets notifications in flight finish before killing them.
+NOTIFY_SHUTDOWN_GRACE = 5.0
 #: Every container's first probe comes within this many seconds of watching it.
 FIRST_PROBE_SPREAD = 1.0
 #: Identical records within this many seconds are folded into one with a count.
@@ -197,6 +199,7 @@ class Daemon:
         #: Called on the event loop with every record written (after folding):
         #: notifications and metrics hang here. Must not block.
         self.record_listeners: list[Callable[[Record], None]] = []
+        self._notifier: Notifier | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -230,7 +233,8 @@ class Daemon:
         state, warning = await self._blocking(load_state, state_path(config.daemon.state_dir))
         self._core = Core(config, state, dry_run=config.daemon.dry_run)
         # Notifications follow reloads (the lambda reads the config in force).
-        self.record_listeners.append(Notifier(lambda: self.config.notify, self._record).on_record)
+        self._notifier = Notifier(lambda: self.config.notify, self._record)
+        self.record_listeners.append(self._notifier.on_record)
         if config.metrics.listen:
             await self._start_metrics(config.metrics.listen)
         self._record(
@@ -305,6 +309,9 @@ class Daemon:
                         for t in self._restarts) + SHUTDOWN_GRACE
             await asyncio.wait(self._restarts, timeout=bound)
             await self._drain_queue()
+        if self._notifier is not None:
+            # Bounded: what is not delivered in the grace is killed and recorded.
+            await self._notifier.close(NOTIFY_SHUTDOWN_GRACE)
         for task in list(self._tasks):
             task.cancel(msg="gpuwatchd is stopping")
         if self._tasks:
