@@ -197,8 +197,10 @@ class ContainerFacts:
 @dataclass(frozen=True)
 class HistoryFacts:
     """Where the daemon's history came from: ``daemon`` (asked on its control
-    socket), ``state file``, or ``none``; ``as_of`` is when it was current (the
-    daemon's clock, or the file's modification time)."""
+    socket), ``state file`` (with the journal's records for containers the file
+    has none of), ``journal`` (gpuwatchd's own records, when there is no state
+    file), or ``none``; ``as_of`` is when it was current (the daemon's clock, the
+    file's modification time, or the newest record)."""
 
     source: str = "none"
     where: str = ""
@@ -722,6 +724,10 @@ def history_source(h: HistoryFacts, now: float) -> str:
     """Where the daemon's history came from, and how old it is, in words."""
     if h.source == "daemon":
         return f"from the running daemon (control socket in {h.where})"
+    if h.source == "journal" and h.as_of is not None:
+        newest = _age(max(0.0, now - h.as_of))
+        return (f"from gpuwatchd's records in the journal, the newest {newest} old "
+                "(no daemon answered, no state file)")
     if h.source == "state file" and h.as_of is not None:
         age = max(0.0, now - h.as_of)
         return f"from the state file {h.where}, written {_age(age)} ago (no daemon answered)"

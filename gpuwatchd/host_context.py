@@ -52,7 +52,13 @@ from gpuwatchd.docker_io import (
     parse_docker_time,
 )
 from gpuwatchd.patterns import first_match
-from gpuwatchd.state_store import HistoryEntry, PersistedState, read_state_file, state_path
+from gpuwatchd.state_store import (
+    MAX_HISTORY,
+    HistoryEntry,
+    PersistedState,
+    read_state_file,
+    state_path,
+)
 
 PERSISTENCED = "nvidia-persistenced"
 #: How far back the logs are read, and at most how many lines.
@@ -344,9 +350,64 @@ class History:
     given_up: Mapping[str, float]
 
 
-def daemon_history(config: Config) -> History:
+#: The records that say what gpuwatchd did, and the history event each one is.
+JOURNAL_EVENTS = {
+    "container_restarted": ("restarted", "GPUWATCHD_CONFIDENCE"),
+    "container_recovered": ("recovered", "GPUWATCHD_RESULT"),
+    "remediation_gave_up": ("gave_up", None),
+}
+
+
+def history_from_journal(entries: Sequence[Mapping[str, Any]]) -> dict[str, tuple[HistoryEntry,
+                                                                                 ...]]:
+    """What gpuwatchd's own journal records say it did (pure): dry-run records
+    and records of other programs are left out; the newest MAX_HISTORY per
+    container are kept, oldest first."""
+    out: dict[str, list[HistoryEntry]] = {}
+    for e in entries:
+        kind = JOURNAL_EVENTS.get(str(e.get("GPUWATCHD_EVENT", "")))
+        name = e.get("CONTAINER_NAME")
+        stamp = getattr(e.get("__REALTIME_TIMESTAMP"), "timestamp", None)
+        if kind is None or not name or e.get("SYSLOG_IDENTIFIER") != "gpuwatchd" \
+                or e.get("GPUWATCHD_DRY_RUN") == "true" or stamp is None:
+            continue
+        event, detail_field = kind
+        detail = e.get(detail_field) if detail_field else None
+        out.setdefault(str(name), []).append(HistoryEntry(
+            float(stamp()), event, str(e.get("GPUWATCHD_CAUSE") or "unknown"),
+            None if detail is None else str(detail)[:64]))
+    return {k: tuple(sorted(v, key=lambda h: h.at)[-MAX_HISTORY:]) for k, v in out.items()}
+
+
+def journal_history(journal_path: str | None = None) -> dict[str, tuple[HistoryEntry, ...]]:
+    """gpuwatchd's records in the system journal of the last LOG_WINDOW, as
+    history; empty when the journal cannot be read. Never raises."""
+    try:
+        from systemd import journal
+    except ImportError:
+        return {}
+    try:
+        if journal_path is not None:
+            reader = journal.Reader(path=journal_path)
+        else:
+            reader = journal.Reader(flags=journal.SYSTEM_ONLY | journal.LOCAL_ONLY)
+        try:
+            reader.add_match(SYSLOG_IDENTIFIER="gpuwatchd")
+            for event in JOURNAL_EVENTS:
+                reader.add_match(GPUWATCHD_EVENT=event)
+            reader.seek_realtime(time.time() - LOG_WINDOW)
+            entries = [dict(e) for _, e in zip(range(10_000), reader, strict=False)]
+        finally:
+            reader.close()
+    except OSError:
+        return {}
+    return history_from_journal(entries)
+
+
+def daemon_history(config: Config, journal_path: str | None = None) -> History:
     """Ask the running daemon (its control socket); without one, read its state
-    file, without moving or changing anything. Never raises."""
+    file, without moving or changing anything, and gpuwatchd's records in the
+    journal for the containers the file has no history of. Never raises."""
     from gpuwatchd.control import ControlError, NoDaemon, request
 
     runtime = config.daemon.runtime_dir
@@ -358,15 +419,20 @@ def daemon_history(config: Config) -> History:
     except (NoDaemon, ControlError, OSError, KeyError, TypeError, ValueError) as exc:
         daemon_error = one_line(exc)
     path = state_path(config.daemon.state_dir)
+    journal = journal_history(journal_path)
     try:
         state, mtime = read_state_file(path)
     except FileNotFoundError:
-        return History(HistoryFacts(error=f"no daemon answered ({daemon_error}) and no "
-                                          f"state file at {path}"), {}, {})
+        problem = f"no daemon answered ({daemon_error}) and no state file at {path}"
     except (OSError, ValueError) as exc:
-        return History(HistoryFacts(error=f"no daemon answered ({daemon_error}); state file "
-                                          f"{path}: {one_line(exc)}"), {}, {})
-    return History(HistoryFacts("state file", str(path), mtime), state.history, state.given_up)
+        problem = f"no daemon answered ({daemon_error}); state file {path}: {one_line(exc)}"
+    else:
+        merged = {**journal, **state.history}
+        return History(HistoryFacts("state file", str(path), mtime), merged, state.given_up)
+    if journal:
+        newest = max(e.at for entries in journal.values() for e in entries)
+        return History(HistoryFacts("journal", "gpuwatchd's records", newest), journal, {})
+    return History(HistoryFacts(error=problem), {}, {})
 
 
 # --------------------------------------------------------------------------
@@ -446,7 +512,7 @@ def gather(
             )
         except DockerUnavailable as exc:
             return Facts(_with_docker(host, DockerFacts(available=False, error=str(exc))))
-        history = daemon_history(config)
+        history = daemon_history(config, sources.journal_path)
         containers = tuple(
             replace(c, history=history.entries.get(c.name, ()),
                     given_up_at=_in_force(history.given_up.get(c.name), config, now))

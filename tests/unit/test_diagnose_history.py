@@ -117,3 +117,34 @@ def test_the_history_source_and_its_age_are_shown() -> None:
     doc = to_json(d)
     assert doc["history"]["source"] == "daemon"
     assert [e["event"] for e in doc["containers"][0]["history"]] == ["restarted", "recovered"]
+
+
+def test_gpuwatchds_journal_records_read_as_history() -> None:
+    """Only gpuwatchd's own, real (not dry-run) records become history, oldest first."""
+    from datetime import datetime, timezone
+
+    from gpuwatchd.host_context import history_from_journal
+
+    def at(seconds: float) -> datetime:
+        return datetime.fromtimestamp(STARTED + seconds, tz=timezone.utc)
+
+    base = {"SYSLOG_IDENTIFIER": "gpuwatchd", "CONTAINER_NAME": NAME,
+            "GPUWATCHD_CAUSE": "persistence_off"}
+    entries = [
+        {**base, "GPUWATCHD_EVENT": "container_recovered", "GPUWATCHD_RESULT": "ok",
+         "__REALTIME_TIMESTAMP": at(2)},
+        {**base, "GPUWATCHD_EVENT": "container_restarted", "GPUWATCHD_CONFIDENCE": "certain",
+         "__REALTIME_TIMESTAMP": at(1)},
+        {**base, "GPUWATCHD_EVENT": "container_restarted", "GPUWATCHD_DRY_RUN": "true",
+         "__REALTIME_TIMESTAMP": at(3)},
+        {**base, "SYSLOG_IDENTIFIER": "impostor", "GPUWATCHD_EVENT": "container_restarted",
+         "__REALTIME_TIMESTAMP": at(4)},
+        {**base, "GPUWATCHD_EVENT": "probe_failed", "__REALTIME_TIMESTAMP": at(5)},
+        {**base, "GPUWATCHD_EVENT": "remediation_gave_up", "CONTAINER_NAME": "Other",
+         "__REALTIME_TIMESTAMP": at(6)},
+    ]
+    assert history_from_journal(entries) == {
+        NAME: (HistoryEntry(STARTED + 1, "restarted", "persistence_off", "certain"),
+               HistoryEntry(STARTED + 2, "recovered", "persistence_off", "ok")),
+        "Other": (HistoryEntry(STARTED + 6, "gave_up", "persistence_off"),),
+    }
