@@ -15,7 +15,7 @@ daemon owns the probe timers (``ProbeTick`` per container, with its random
 phase) and the record folding (:class:`gpuwatchd.records.RecordFolder`).
 Dry run is fixed for the core's life (a reload does not switch modes).
 
-The rules, in the words of issue 3:
+The rules:
 
 - **A log match alone is not proof.** It asks for a confirmation probe; at
   most one probe is in flight per container. A confirmation that led to no
