@@ -30,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +150,36 @@ def _run(argv: list[str], timeout: float) -> AccessCheck:
         name = os.strerror(int(err_no)) if isinstance(err_no, int) else "unknown error"
         return AccessCheck(Access.CANNOT_TELL, f"its cgroups could not be joined ({name})")
     return verdict_for_open(int(err_no) if isinstance(err_no, int) else None)
+
+
+def scope_device_allow(
+    container_id: str,
+    systemctl: Sequence[str] = ("systemctl",),
+    systemd_run_dir: Path = Path("/run/systemd/system"),
+    timeout: float = 5.0,
+) -> str | None:
+    """The ``DeviceAllow=`` of the container's scope, ``docker-<id>.scope``, from systemctl.
+
+    None when it cannot be read: systemd is not the init, the scope is not
+    active (the cgroupfs driver makes none), or ``systemctl`` fails.
+    """
+    if not systemd_run_dir.is_dir():
+        return None
+    try:
+        shown = subprocess.run(
+            [*systemctl, "show", f"docker-{container_id}.scope",
+             "-p", "DeviceAllow", "-p", "ActiveState"],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if shown.returncode != 0:
+        return None
+    lines = shown.stdout.splitlines()
+    if "ActiveState=active" not in lines:
+        return None
+    # systemd prints one DeviceAllow= line per entry.
+    return "\n".join(line for line in lines if line.startswith("DeviceAllow=")) or "DeviceAllow="
 
 
 def device_access(
