@@ -35,11 +35,11 @@ from gpuwatchd.classify import classify_probe
 from gpuwatchd.config import Config, ConfigError, load_config
 from gpuwatchd.control import ControlError, ControlServer, pause_duration
 from gpuwatchd.core import Core
+from gpuwatchd.device_check_run import device_access
 from gpuwatchd.docker_io import (
     ContainerInfo,
     DockerGateway,
     DockerUnavailable,
-    device_access_ok,
     one_line,
 )
 from gpuwatchd.event_watcher import EventWatcher
@@ -511,11 +511,12 @@ class Daemon:
         access: bool | None = None
         if result.is_gpu_fault:
             # Evidence for the cause, gathered now while it is fresh: the host's
-            # own NVML, and the container's device cgroup.
+            # own NVML, and whether the kernel lets the container's cgroups open
+            # its NVIDIA control node (cgroup v1 and v2 alike).
             await self._poll_gpus_once()
             info = await self._inspect(action.ref.id)
             if info is not None:
-                access = await self._blocking(device_access_ok, info)
+                access = (await self._blocking(device_access, info)).ok
         excerpt = outcome.output[:512].decode(errors="replace").strip()
         if outcome.exec_error:
             excerpt = excerpt or outcome.exec_error
