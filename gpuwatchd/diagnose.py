@@ -359,11 +359,11 @@ def host_findings(
         ))
     exposed = sorted({
         f"{c.name} ({m})" for c in containers for m in c.gpu_methods if m in AT_RISK_METHODS
+        if _exposure(host, c) is ReloadExposure.AT_RISK
     })
     doomed = sorted(
         c.name for c in containers
-        if reload_exposure(docker.cgroup_driver, c.gpu_methods, c.scope_device_allow)
-        is ReloadExposure.WILL_BREAK
+        if _exposure(host, c) is ReloadExposure.WILL_BREAK
     )
     if doomed:
         found.append(Verdict(
@@ -436,6 +436,10 @@ def _context_evidence(host: HostFacts, c: ContainerFacts) -> list[str]:
     return out
 
 
+def _exposure(host: HostFacts, c: ContainerFacts) -> ReloadExposure:
+    return reload_exposure(host.docker.cgroup_driver, c.gpu_methods, c.scope_device_allow)
+
+
 def container_verdict(host: HostFacts, c: ContainerFacts) -> Verdict:
     """The most likely cause for one container, its evidence and its fix; see the module doc."""
     evidence = [*_log_evidence(c)]
@@ -446,7 +450,7 @@ def container_verdict(host: HostFacts, c: ContainerFacts) -> Verdict:
     restart = f"docker restart {c.name}"
     nvml = host.nvml
     off = [g for g in nvml.gpus if not g.persistence]
-    at_risk = host.docker.cgroup_driver == "systemd" and bool(AT_RISK_METHODS & set(c.gpu_methods))
+    at_risk = _exposure(host, c) is not ReloadExposure.NOT_EXPOSED
     advice = _device_access_prevention() if at_risk else ()
 
     if nvml.failure in HOST_FAULT_KINDS:
