@@ -26,7 +26,7 @@ import docker
 from bench import idle, latency, recovery, repeat, scale, silent, startup
 from bench.harness import Lab, machine_info, remove_stale_lab_containers
 
-ITEMS = ("latency", "recovery", "silent", "idle", "scale", "startup")
+ITEMS = ("latency", "recovery", "silent", "silent_v2", "idle", "scale", "startup")
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,8 @@ FIGURE_KEYS = (
     "silent.probe_interval_s",
     "silent.max_ms",
     "silent.max_over_interval_ms",
+    "silent_v2.max_ms",
+    "silent_v2.max_over_interval_ms",
     "idle.gpuwatchd.cpu_pct",
     "idle.gpuwatchd.rss_mb",
     "idle.gpuwatchd.threads",
@@ -159,6 +161,9 @@ def run_all(sizes: Sizes, only: tuple[str, ...], quiet: bool = False) -> dict[st
         },
         "recovery": lambda lab: recovery.measure(lab, sizes.recovery_trials),
         "silent": lambda lab: silent.measure(lab, sizes.silent_containers, sizes.silent_interval),
+        "silent_v2": lambda lab: silent.measure(
+            lab, sizes.silent_containers, sizes.silent_interval, model="v2"
+        ),
         "idle": lambda lab: idle.measure(lab, sizes.idle_containers, sizes.idle_seconds),
         "scale": lambda lab: scale.measure(
             lab, sizes.scale_levels, sizes.scale_seconds, sizes.scale_injections

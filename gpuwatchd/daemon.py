@@ -35,11 +35,12 @@ from gpuwatchd.classify import classify_probe
 from gpuwatchd.config import Config, ConfigError, load_config
 from gpuwatchd.control import ControlError, ControlServer, pause_duration
 from gpuwatchd.core import Core
+from gpuwatchd.device_check import ReloadExposure, reload_exposure
+from gpuwatchd.device_check_run import device_access, scope_device_allow
 from gpuwatchd.docker_io import (
     ContainerInfo,
     DockerGateway,
     DockerUnavailable,
-    device_access_ok,
     one_line,
 )
 from gpuwatchd.event_watcher import EventWatcher
@@ -85,7 +86,7 @@ from gpuwatchd.metrics import MAX_CONNECTIONS, Metrics
 from gpuwatchd.notify import Notifier
 from gpuwatchd.nvml import Nvml
 from gpuwatchd.nvml import NvmlFailure as NvmlError
-from gpuwatchd.records import Record, RecordFolder, make_record
+from gpuwatchd.records import RELOAD_ADVICE, Record, RecordFolder, make_record
 from gpuwatchd.reload_watch import ReloadWatcher, ReloadWatchUnavailable
 from gpuwatchd.state_store import load_state, save_state, state_path
 from gpuwatchd.watchset import control_target, is_watched
@@ -185,6 +186,8 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._restarts: set[asyncio.Task[Any]] = set()
         self._docker_ok: bool | None = None
+        self._cgroup_driver: str | None = None  #: Docker's, read at each connection
+        self._reload_warned: set[str] = set()  #: container IDs recorded reload_will_break
         self._nvml_ok: bool | None = None
         self._gpus: tuple[GpuInfo, ...] = ()
         self._last_gpu_poll = 0.0
@@ -518,11 +521,12 @@ class Daemon:
         access: bool | None = None
         if result.is_gpu_fault:
             # Evidence for the cause, gathered now while it is fresh: the host's
-            # own NVML, and the container's device cgroup.
+            # own NVML, and whether the kernel lets the container's cgroups open
+            # its NVIDIA control node (cgroup v1 and v2 alike).
             await self._poll_gpus_once()
             info = await self._inspect(action.ref.id)
             if info is not None:
-                access = await self._blocking(device_access_ok, info)
+                access = (await self._blocking(device_access, info)).ok
         excerpt = outcome.output[:512].decode(errors="replace").strip()
         if outcome.exec_error:
             excerpt = excerpt or outcome.exec_error
@@ -584,6 +588,7 @@ class Daemon:
             return
         self._docker_ok = status.connected
         if status.connected:
+            await self._read_cgroup_driver()
             await self._feed(DockerAvailable())
             await self._resync("docker connected")
         else:
@@ -632,6 +637,29 @@ class Daemon:
                                               info.labels, info.image))
         else:
             await self._feed(ContainerStateChanged(_ref(info), _state(info), info.started_at))
+        if info.status == "running":
+            await self._warn_reload_exposure(info)
+
+    async def _read_cgroup_driver(self) -> None:
+        try:
+            info = await self._blocking(self._gateway.info)
+        except DockerUnavailable:
+            return  # the connection observer reports it
+        driver = info.get("CgroupDriver")
+        self._cgroup_driver = str(driver) if driver else None
+
+    async def _warn_reload_exposure(self, info: ContainerInfo) -> None:
+        """Once per container: record it when the next daemon-reload will revoke its GPU access."""
+        if (self._cgroup_driver != "systemd" or not info.expects_nvidia_device
+                or info.id in self._reload_warned):
+            return
+        allow = await self._blocking(scope_device_allow, info.id)
+        if reload_exposure(self._cgroup_driver, (), allow) is ReloadExposure.WILL_BREAK:
+            self._reload_warned.add(info.id)
+            self._record(make_record(
+                "reload_will_break", container=info.name, container_id=info.short_id,
+                device_allow=allow, advice=RELOAD_ADVICE,
+            ))
 
     async def _forget(self, cid: str, reason: str) -> None:
         self._detach(cid)

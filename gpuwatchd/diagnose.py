@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from gpuwatchd.compat import StrEnum
+from gpuwatchd.device_check import AccessCheck, ReloadExposure, reload_exposure
 from gpuwatchd.exitcodes import ExitCode
 from gpuwatchd.state_store import HistoryEntry
 from gpuwatchd.types import Cause, ProbeResult
@@ -186,9 +187,12 @@ class ContainerFacts:
     started_at: float
     gpu_methods: tuple[str, ...] = ()  #: GPU_LEGACY_HOOK, GPU_CDI, ...
     probe: ProbeFacts | None = None  #: None when not running (no probe ran)
-    device_access_ok: bool | None = None  #: cgroup v1 evidence; None: cannot tell
+    device_access_ok: bool | None = None  #: the device check's answer; None: cannot tell
     library_version: str | None = None  #: libnvidia-ml.so.VERSION inside
     logs: LogFacts = field(default_factory=LogFacts)
+    device_check: AccessCheck | None = None  #: the kernel's answer and why (None: not asked)
+    #: the scope's DeviceAllow= (systemd cgroup driver), None when it could not be read
+    scope_device_allow: str | None = None
     #: What gpuwatchd did to it, oldest first (see :class:`HistoryFacts`).
     history: tuple[HistoryEntry, ...] = ()
     given_up_at: float | None = None  #: when gpuwatchd gave up on it, while it holds
@@ -384,8 +388,26 @@ def host_findings(
         ))
     exposed = sorted({
         f"{c.name} ({m})" for c in containers for m in c.gpu_methods if m in AT_RISK_METHODS
+        if _exposure(host, c) is ReloadExposure.AT_RISK
     })
-    if docker.cgroup_driver == "systemd" and exposed:
+    doomed = sorted(
+        c.name for c in containers
+        if _exposure(host, c) is ReloadExposure.WILL_BREAK
+    )
+    if doomed:
+        found.append(Verdict(
+            "reload_will_break", Status.HEALTHY,
+            "The next `systemctl daemon-reload` will revoke GPU access in "
+            f"{', '.join(doomed)}: the scope's DeviceAllow= lacks the NVIDIA device nodes.",
+            (
+                f"docker: CgroupDriver systemd, cgroup v{docker.cgroup_version or '?'}",
+                *(f"{c.name}: docker-{c.id}.scope has {c.scope_device_allow or 'DeviceAllow='}"
+                  for c in containers if c.name in doomed),
+                f"last systemd reload: {_when(host.last_reload)}",
+            ),
+            advice=_device_access_prevention(),
+        ))
+    elif docker.cgroup_driver == "systemd" and exposed:
         found.append(Verdict(
             "reload_risk", Status.HEALTHY,
             "Docker uses the systemd cgroup driver: a `systemctl daemon-reload` can revoke GPU "
@@ -430,10 +452,15 @@ def _history_evidence(c: ContainerFacts) -> list[str]:
 
 def _context_evidence(host: HostFacts, c: ContainerFacts) -> list[str]:
     out = _history_evidence(c)
-    if c.device_access_ok is True:
+    if c.device_check is not None and c.device_check.ok is not None:
+        state = "still allowed" if c.device_check.ok else "access revoked"
+        out.append(f"device access: /dev/nvidiactl {state}: {c.device_check.reason}")
+    elif c.device_access_ok is True:
         out.append("device cgroup: /dev/nvidiactl still allowed")
     elif c.device_access_ok is False:
         out.append("device cgroup: /dev/nvidiactl access revoked (devices.list)")
+    elif c.device_check is not None:
+        out.append(f"device access: cannot tell: {c.device_check.reason}")
     if host.last_reload and host.last_reload >= c.started_at:
         out.append(f"systemd reloaded at {_when(host.last_reload)}, after the container started "
                    f"({_when(c.started_at)})")
@@ -442,6 +469,10 @@ def _context_evidence(host: HostFacts, c: ContainerFacts) -> list[str]:
     if host_version and inside and host_version != inside:
         out.append(f"driver versions differ: host {host_version}, container library {inside}")
     return out
+
+
+def _exposure(host: HostFacts, c: ContainerFacts) -> ReloadExposure:
+    return reload_exposure(host.docker.cgroup_driver, c.gpu_methods, c.scope_device_allow)
 
 
 def container_verdict(host: HostFacts, c: ContainerFacts) -> Verdict:
@@ -514,7 +545,7 @@ def _judge(host: HostFacts, c: ContainerFacts) -> Verdict:
     restart = f"docker restart {c.name}"
     nvml = host.nvml
     off = [g for g in nvml.gpus if not g.persistence]
-    at_risk = host.docker.cgroup_driver == "systemd" and bool(AT_RISK_METHODS & set(c.gpu_methods))
+    at_risk = _exposure(host, c) is not ReloadExposure.NOT_EXPOSED
     advice = _device_access_prevention() if at_risk else ()
 
     if nvml.failure in HOST_FAULT_KINDS:
@@ -607,7 +638,8 @@ def _judge(host: HostFacts, c: ContainerFacts) -> Verdict:
 
 
 def _device_lost(c: ContainerFacts, evidence: tuple[str, ...], *, certain: bool) -> Verdict:
-    how = ("its device cgroup no longer allows the NVIDIA device nodes" if certain
+    how = ("the kernel no longer lets its processes open the NVIDIA device nodes (its device "
+           "cgroup refuses them)" if certain
            else "most likely its GPU device access was revoked (systemd daemon-reload under "
            "the systemd cgroup driver; cgroup v2 does not show the rules)")
     return Verdict(
@@ -705,6 +737,10 @@ def _container_json(r: ContainerReport) -> dict[str, Any]:
             "output": probe.output,
         },
         "device_access_ok": c.device_access_ok,
+        "device_check": None if c.device_check is None else {
+            "access": c.device_check.access.value, "reason": c.device_check.reason,
+        },
+        "scope_device_allow": c.scope_device_allow,
         "library_version": c.library_version,
         "logs": {
             "patterns": list(c.logs.patterns),

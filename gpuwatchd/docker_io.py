@@ -51,6 +51,10 @@ class ContainerInfo:
     expects_nvidia_device: bool = False  #: it was given /dev/nvidia* or GPUs at creation
     log_driver: str = "json-file"
     image: str = ""  #: the image reference it was created from (``Config.Image``)
+    paused: bool = False  #: State.Paused
+    cgroup_parent: str = ""  #: HostConfig.CgroupParent ("" is Docker's default)
+    #: The host path given as the container's /dev/nvidiactl with --device ("" when none).
+    nvidiactl_on_host: str = ""
 
     @property
     def short_id(self) -> str:
@@ -122,6 +126,11 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         expects_nvidia_device=nvidia_devices or gpu_requests or host.get("Runtime") == "nvidia",
         log_driver=str((host.get("LogConfig") or {}).get("Type", "json-file")),
         image=str(config.get("Image") or ""),
+        paused=bool(state.get("Paused")),
+        cgroup_parent=str(host.get("CgroupParent") or ""),
+        nvidiactl_on_host=next(
+            (str(d.get("PathOnHost", "")) for d in devices
+             if d.get("PathInContainer") == "/dev/nvidiactl"), ""),
     )
 
 

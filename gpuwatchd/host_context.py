@@ -25,6 +25,7 @@ from typing import Any
 
 from gpuwatchd.classify import classify_probe, summarize_output
 from gpuwatchd.config import Config
+from gpuwatchd.device_check_run import device_access, scope_device_allow
 from gpuwatchd.diagnose import (
     GPU_CDI,
     GPU_DEVICE,
@@ -47,7 +48,6 @@ from gpuwatchd.docker_io import (
     DockerGateway,
     DockerUnavailable,
     container_info,
-    device_access_ok,
     one_line,
     parse_docker_time,
 )
@@ -328,12 +328,14 @@ def container_facts(
             command=settings.probe_command, result=result, exit_code=outcome.exit_code,
             output=excerpt, driver_version=version.group(1) if version else None,
         )
-    access = device_access_ok(info, proc=proc) if info.status == "running" else None
+    check = device_access(info, proc=proc) if info.status in ("running", "paused") else None
+    allow = scope_device_allow(info.id) if docker.cgroup_driver == "systemd" else None
     lib = library_version(proc / str(info.pid) / "root") if info.pid > 0 else None
     return ContainerFacts(
         name=info.name, id=info.id, status=info.status, started_at=info.started_at,
         gpu_methods=gpu_methods(attrs, docker.default_runtime), probe=probe,
-        device_access_ok=access, library_version=lib, logs=logs,
+        device_access_ok=None if check is None else check.ok, device_check=check,
+        scope_device_allow=allow, library_version=lib, logs=logs,
     )
 
 

@@ -212,6 +212,18 @@ _ENTRIES: tuple[EventSpec, ...] = (
         None,
         ("at",),
     ),
+    EventSpec(
+        "reload_will_break",
+        _L.WARNING,
+        "the next systemd daemon-reload will revoke a container's GPU access: Docker's "
+        "systemd cgroup driver and a scope whose DeviceAllow= lacks the NVIDIA nodes "
+        "(once per container)",
+        "the next systemctl daemon-reload will revoke GPU access in {container}: its scope "
+        "allows no NVIDIA device node; {advice}",
+        "e67c3763d1a14fb689491cd0553425a8",
+        ("device_allow", "advice"),
+        foldable=False,
+    ),
     # -- probes and logs -------------------------------------------------------
     EventSpec(
         "probe_failed",
@@ -412,6 +424,13 @@ CATALOGUE: Mapping[str, EventSpec] = MappingProxyType({s.name: s for s in _ENTRI
 #: event name -> MESSAGE_ID, for the journal sink (``gpuwatchd.journal``).
 MESSAGE_IDS: Mapping[str, str] = MappingProxyType(
     {s.name: s.message_id for s in _ENTRIES if s.message_id is not None}
+)
+
+#: What keeps a daemon-reload from revoking a container's GPU access.
+RELOAD_ADVICE = (
+    "give the container its GPUs through CDI (--device nvidia.com/gpu=all), or run "
+    "`nvidia-ctk system create-dev-char-symlinks --create-all`, or switch Docker to the "
+    "cgroupfs driver; until then a restart after each reload restores access"
 )
 
 #: Where a host cause cannot be cured by a container restart: what to do instead.
