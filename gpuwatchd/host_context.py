@@ -151,6 +151,17 @@ def persistenced_facts(
 # Host readers
 
 
+def _open_journal(journal: Any, journal_path: str | None) -> Any:
+    """A reader of the local system journal, or of ``journal_path`` (tests).
+
+    Raises:
+        OSError: it cannot be opened.
+    """
+    if journal_path is not None:
+        return journal.Reader(path=journal_path)
+    return journal.Reader(flags=journal.SYSTEM_ONLY | journal.LOCAL_ONLY)
+
+
 def last_systemd_reload(journal_path: str | None = None) -> float | None:
     """When PID 1 last logged a daemon-reload (epoch seconds); None when unknown."""
     try:
@@ -160,10 +171,7 @@ def last_systemd_reload(journal_path: str | None = None) -> float | None:
     from gpuwatchd.reload_watch import RELOAD_MESSAGES
 
     try:
-        if journal_path is not None:
-            reader = journal.Reader(path=journal_path)
-        else:
-            reader = journal.Reader(flags=journal.SYSTEM_ONLY | journal.LOCAL_ONLY)
+        reader = _open_journal(journal, journal_path)
         try:
             reader.add_match(_PID="1")
             for message in sorted(RELOAD_MESSAGES):
@@ -389,10 +397,7 @@ def journal_history(journal_path: str | None = None) -> dict[str, tuple[HistoryE
     except ImportError:
         return {}
     try:
-        if journal_path is not None:
-            reader = journal.Reader(path=journal_path)
-        else:
-            reader = journal.Reader(flags=journal.SYSTEM_ONLY | journal.LOCAL_ONLY)
+        reader = _open_journal(journal, journal_path)
         try:
             reader.add_match(SYSLOG_IDENTIFIER="gpuwatchd")
             for event in JOURNAL_EVENTS:
