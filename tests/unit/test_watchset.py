@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from types import MappingProxyType
 
 import pytest
 
 from gpuwatchd.config import WatchConfig
-from gpuwatchd.docker_io import ContainerInfo, container_info
+from gpuwatchd.docker_io import ContainerInfo, container_info, parse_docker_time
 from gpuwatchd.watchset import is_watched
 
 ID = "3f2a9c1b7d4e" + "0" * 52
@@ -74,3 +75,41 @@ def test_inspect_times_parse_to_epoch_with_fraction() -> None:
     parsed = container_info(attrs())
     assert parsed.started_at == pytest.approx(1795740765.580931, abs=1e-5)
     assert parsed.name == "c" and parsed.pid == 7 and parsed.short_id == ID[:12]
+
+
+#: 2026-11-27T00:52:45.580931496Z as engines write it: Docker in UTC, Podman in
+#: its host's local time with the offset.
+SAME_INSTANT = [
+    "2026-11-27T00:52:45.580931496Z",
+    "2026-11-27T09:52:45.580931496+09:00",  # Podman on a host in Asia/Tokyo
+    "2026-11-26T19:52:45.580931496-05:00",
+    "2026-11-27T00:52:45.580931496+00:00",
+]
+
+
+@pytest.mark.parametrize("stamp", SAME_INSTANT)
+def test_inspect_times_with_offsets_are_the_same_instant(
+    stamp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An offset shifts the instant; the daemon's own time zone never does."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert parse_docker_time(stamp) == pytest.approx(1795740765.580931, abs=1e-5)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("stamp", "expected"),
+    [
+        ("2026-11-27T09:52:45+09:00", 1795740765.0),
+        ("2026-11-27T00:52:45Z", 1795740765.0),
+        ("2026-11-27T09:52:45.5+09:00", 1795740765.5),
+        ("0001-01-01T00:00:00Z", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_inspect_times_without_fraction_or_unset(stamp: str, expected: float) -> None:
+    assert parse_docker_time(stamp) == pytest.approx(expected, abs=1e-6)
