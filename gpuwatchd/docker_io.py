@@ -67,15 +67,24 @@ class ExecOutcome:
 
 
 def parse_docker_time(value: str | None) -> float:
-    """Docker's RFC 3339 timestamps (nanoseconds, ``Z``) to epoch seconds; 0 for unset."""
+    """An engine's RFC 3339 timestamp (nanoseconds; ``Z`` or an offset) to epoch seconds.
+
+    Docker writes UTC (``Z``); Podman writes its host's local time with the
+    offset (``+09:00``).  0 for unset.
+
+    Raises:
+        ValueError: when ``value`` is not such a timestamp.
+    """
     if not value or value.startswith("0001-01-01"):
         return 0.0
-    head, _, frac = value.rstrip("Z").partition(".")
-    # Offsets other than Z do not occur in the engine's output; be lenient anyway.
-    for sep in ("+", "-"):
-        if sep in frac:
-            frac = frac.split(sep, 1)[0]
-    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
+    # The date and time are the first 19 characters; fraction and zone follow.
+    head, rest = value[:19], value[19:]
+    frac = ""
+    if rest.startswith("."):
+        digits = len(rest) - len(rest[1:].lstrip("0123456789"))
+        frac, rest = rest[1:digits], rest[digits:]
+    zone = "+00:00" if rest in ("Z", "z", "") else rest
+    seconds = datetime.fromisoformat(head + zone).timestamp()
     return seconds + (float("0." + frac) if frac else 0.0)
 
 

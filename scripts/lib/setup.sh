@@ -224,7 +224,9 @@ setup_podman() {
         kill -0 "$writer" 2>/dev/null || rm -f "$spec"
     done
     trap _setup_stop_engines EXIT
-    podman system service --time 0 "unix://$PODMAN_SOCKET" >>"$log" 2>&1 &
+    # In Asia/Tokyo, as the field report's host: Podman writes inspect and log
+    # times in its local time with the offset (+09:00), Docker always in UTC.
+    TZ=Asia/Tokyo podman system service --time 0 "unix://$PODMAN_SOCKET" >>"$log" 2>&1 &
     PODMAN_PID=$!
     for _ in $(seq 1 150); do
         _setup_podman_answers && break
