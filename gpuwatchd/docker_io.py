@@ -27,6 +27,9 @@ NVIDIA_MAJOR = 195
 NVIDIACTL_MINOR = 255
 #: Container events that change the watch set (exec_* events are our own probes).
 WATCHED_EVENTS = ["create", "start", "die", "destroy", "rename", "pause", "unpause"]
+#: Engine-specific action names and Docker's names for them (Podman says
+#: ``remove`` where Docker says ``destroy``).
+ACTION_ALIASES = {"remove": "destroy"}
 #: Probe output kept for classification and records; the rest is drained unread.
 MAX_PROBE_OUTPUT = 64 * 1024
 
@@ -392,14 +395,19 @@ class DockerGateway:
         return LogStream(raw)
 
     def event_stream(self, since: float | None = None) -> EventStream:
-        """Container events (start, die, destroy, rename, ...) as decoded dicts."""
+        """Container events in :data:`WATCHED_EVENTS` (start, die, destroy, ...) as dicts.
+
+        The engine is asked for container events only and the actions are
+        picked here: Podman before 4.4 refuses ``die`` as a filter and then
+        silently drops those events.
+        """
         try:
             raw = self._stream_client.api.events(
-                since=since, decode=True, filters={"type": "container", "event": WATCHED_EVENTS}
+                since=since, decode=True, filters={"type": "container"}
             )
         except DockerError as exc:
             raise DockerUnavailable(one_line(exc)) from exc
-        return EventStream(raw)
+        return EventStream(raw, actions=frozenset(WATCHED_EVENTS))
 
 
 class _Stream:
@@ -465,12 +473,31 @@ class LogStream(_Stream):
 
 
 class EventStream(_Stream):
+    """Decoded events, their actions in Docker's names (:data:`ACTION_ALIASES`);
+    with ``actions``, only events whose action is one of them."""
+
+    def __init__(self, raw: Any, actions: frozenset[str] | None = None) -> None:
+        super().__init__(raw)
+        self._actions = actions
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
-            yield from self._raw
+            for event in self._raw:
+                action = event_action(event)
+                if action in ACTION_ALIASES:
+                    action = ACTION_ALIASES[action]
+                    event = {**event, "Action": action, "status": action}
+                if self._actions is None or action in self._actions:
+                    yield event
         except DockerError:
             if not self._closed:
                 raise
+
+
+def event_action(event: Mapping[str, Any]) -> str:
+    """An event's action without its detail (``exec_create: sh -c ...`` -> ``exec_create``)."""
+    action = str(event.get("Action") or event.get("status") or "")
+    return action.split(":", 1)[0].strip()
 
 
 def _pid_in_container(pid: int, container_id: str, proc: Path = Path("/proc")) -> bool:
