@@ -43,14 +43,29 @@ def test_is_watched(watch: WatchConfig, container: ContainerInfo, expected: bool
     assert is_watched(container, watch) is expected
 
 
-def attrs(host: dict[str, object] | None = None, env: list[str] | None = None) -> dict[str, object]:
+def attrs(host: dict[str, object] | None = None, env: list[str] | None = None,
+          mounts: list[dict[str, object]] | None = None,
+          annotations: dict[str, str] | None = None) -> dict[str, object]:
     return {
         "Id": ID,
         "Name": "/c",
         "State": {"Status": "running", "StartedAt": "2026-11-27T00:52:45.580931496Z", "Pid": 7},
         "HostConfig": host or {},
-        "Config": {"Env": env or [], "Labels": None},
+        "Config": {"Env": env or [], "Labels": None, "Annotations": annotations},
+        "Mounts": mounts or [],
     }
+
+
+def bind(destination: str) -> dict[str, object]:
+    return {"Type": "bind", "Source": "/host" + destination, "Destination": destination}
+
+
+#: How Podman 4.3's compat inspect shows a container given /dev/nvidiactl and
+#: the NVIDIA libraries: no Devices, runtime "oci"; only the mounts tell.
+PODMAN_COMPAT_GPU = attrs(
+    host={"Devices": [], "Runtime": "oci"},
+    mounts=[bind("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"), bind("/usr/bin/nvidia-smi")],
+)
 
 
 @pytest.mark.parametrize(
@@ -64,11 +79,44 @@ def attrs(host: dict[str, object] | None = None, env: list[str] | None = None) -
         (attrs(env=["NVIDIA_VISIBLE_DEVICES=void"]), False),
         (attrs(env=["NVIDIA_VISIBLE_DEVICES=none"]), False),
         (attrs(env=["NVIDIA_VISIBLE_DEVICES="]), False),
+        (PODMAN_COMPAT_GPU, True),
+        (attrs(mounts=[bind("/usr/lib64/libcuda.so.1")]), True),
+        (attrs(host={"Binds": ["/usr/lib/libnvidia-ml.so.535.1:/usr/lib/libnvidia-ml.so.1:ro"]}),
+         True),
+        (attrs(mounts=[bind("/data"), bind("/usr/lib/libssl.so.3")]), False),
+        # CDI: Docker's device request, Podman's device name, the annotations.
+        (attrs(host={"DeviceRequests": [{"Driver": "cdi", "DeviceIDs": ["nvidia.com/gpu=all"]}]}),
+         True),
+        (attrs(host={"Devices": [{"PathOnHost": "nvidia.com/gpu=0", "PathInContainer": ""}]}),
+         True),
+        (attrs(annotations={"cdi.k8s.io/nvidia-gpu": "nvidia.com/gpu=all"}), True),
+        (attrs(host={"Annotations": {"cdi.k8s.io/gpu": "nvidia.com/gpu=0"}}), True),
+        (attrs(annotations={"cdi.k8s.io/fpga": "vendor.com/fpga=0"}), False),
+        (attrs(host={"Devices": [{"PathOnHost": "/dev/fuse", "PathInContainer": "/dev/fuse"}]}),
+         False),
     ],
 )
 def test_gpu_heuristic(data: dict[str, object], uses_gpu: bool) -> None:
     """all_gpu_containers recognises every way a container is given GPUs."""
     assert container_info(data).uses_gpu is uses_gpu
+
+
+@pytest.mark.parametrize(
+    ("data", "expects"),
+    [
+        (attrs(host={"Devices": [{"PathInContainer": "/dev/nvidiactl"}]}), True),
+        (attrs(host={"DeviceRequests": [{"Driver": "cdi", "DeviceIDs": ["nvidia.com/gpu=0"]}]}),
+         True),
+        (attrs(annotations={"cdi.k8s.io/nvidia-gpu": "nvidia.com/gpu=all"}), True),
+        # Mounts or the variable alone do not say a device node was given.
+        (PODMAN_COMPAT_GPU, False),
+        (attrs(env=["NVIDIA_VISIBLE_DEVICES=all"]), False),
+    ],
+)
+def test_nvidia_device_expected_from_devices_requests_and_cdi(
+    data: dict[str, object], expects: bool
+) -> None:
+    assert container_info(data).expects_nvidia_device is expects
 
 
 def test_inspect_times_parse_to_epoch_with_fraction() -> None:
