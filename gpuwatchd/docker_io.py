@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -99,8 +99,52 @@ def _env_value(env: list[str] | None, key: str) -> str | None:
     return None
 
 
+#: File names (prefixes) of what the NVIDIA container toolkit or a CDI spec
+#: mounts into a GPU container.
+NVIDIA_MOUNT_PREFIXES = ("libnvidia-ml.so", "libcuda.so", "nvidia-smi")
+#: The CDI kind prefix of NVIDIA devices (``nvidia.com/gpu=all``).
+NVIDIA_CDI_PREFIX = "nvidia.com/"
+#: Annotation keys that carry CDI device names (Docker's and Podman's).
+CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
+
+
+def _is_nvidia_mount(destination: str) -> bool:
+    return destination.rsplit("/", 1)[-1].startswith(NVIDIA_MOUNT_PREFIXES)
+
+
+def _mount_destinations(attrs: Mapping[str, Any], host: Mapping[str, Any]) -> list[str]:
+    out = [str(m.get("Destination", "")) for m in (attrs.get("Mounts") or [])
+           if isinstance(m, Mapping)]
+    for bind in host.get("Binds") or []:
+        parts = str(bind).split(":")
+        if len(parts) >= 2:
+            out.append(parts[1])
+    return out
+
+
+def _cdi_names(host: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """CDI device names from device requests, device entries and annotations."""
+    names: list[str] = []
+    for req in host.get("DeviceRequests") or []:
+        if req.get("Driver") == "cdi":
+            names += [str(d) for d in req.get("DeviceIDs") or []]
+    names += [str(d.get("PathOnHost", "")) for d in host.get("Devices") or []]
+    for annotations in (config.get("Annotations"), host.get("Annotations")):
+        for key, value in (annotations or {}).items():
+            if str(key).startswith(CDI_ANNOTATION_PREFIX):
+                names += [v.strip() for v in str(value).split(",")]
+    return [n for n in names if n.startswith(NVIDIA_CDI_PREFIX)]
+
+
 def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
-    """Build a :class:`ContainerInfo` from ``docker inspect`` data."""
+    """Build a :class:`ContainerInfo` from ``docker inspect`` data.
+
+    A container uses a GPU when it was given NVIDIA devices (device entries,
+    GPU or CDI device requests, CDI annotations, the nvidia runtime), a
+    non-void ``NVIDIA_VISIBLE_DEVICES``, or the NVIDIA libraries as mounts.
+    Podman's compat inspect lists none of the devices: :meth:`DockerGateway.inspect`
+    adds what the kernel shows of the running container.
+    """
     state = attrs.get("State") or {}
     host = attrs.get("HostConfig") or {}
     config = attrs.get("Config") or {}
@@ -115,12 +159,14 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         or req.get("Driver") == "nvidia"
         for req in (host.get("DeviceRequests") or [])
     )
+    cdi = bool(_cdi_names(host, config))
     visible = _env_value(config.get("Env"), "NVIDIA_VISIBLE_DEVICES")
+    nvidia_mounts = any(_is_nvidia_mount(d) for d in _mount_destinations(attrs, host))
+    expects_device = nvidia_devices or gpu_requests or cdi or host.get("Runtime") == "nvidia"
     uses_gpu = (
-        gpu_requests
-        or host.get("Runtime") == "nvidia"
+        expects_device
         or (visible is not None and visible.strip().lower() not in ("", "void", "none"))
-        or nvidia_devices
+        or nvidia_mounts
     )
     return ContainerInfo(
         id=str(attrs["Id"]),
@@ -130,9 +176,42 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         labels=MappingProxyType(dict(config.get("Labels") or {})),
         pid=int(state.get("Pid") or 0),
         uses_gpu=uses_gpu,
-        expects_nvidia_device=nvidia_devices or gpu_requests or host.get("Runtime") == "nvidia",
+        expects_nvidia_device=expects_device,
         log_driver=str((host.get("LogConfig") or {}).get("Type", "json-file")),
     )
+
+
+def with_kernel_gpu_facts(info: ContainerInfo, proc: Path = Path("/proc")) -> ContainerInfo:
+    """``info`` with what the kernel shows of its running process: an NVIDIA
+    device node in its /dev (``expects_nvidia_device``), NVIDIA library mounts
+    or device nodes (``uses_gpu``).  Unchanged when not running, or when the
+    PID is not the container's (another PID namespace)."""
+    if info.pid <= 0 or (info.uses_gpu and info.expects_nvidia_device):
+        return info
+    if not _pid_in_container(info.pid, info.id, proc):
+        return info
+    node = _has_nvidia_node(info.pid, proc)
+    mounts = False
+    try:
+        for line in (proc / str(info.pid) / "mountinfo").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 4 and _is_nvidia_mount(fields[4]):
+                mounts = True
+                break
+    except OSError:
+        pass
+    if not (node or mounts):
+        return info
+    return replace(info, uses_gpu=True,
+                   expects_nvidia_device=info.expects_nvidia_device or node)
+
+
+def _has_nvidia_node(pid: int, proc: Path) -> bool:
+    """True when the process's /dev holds /dev/nvidiactl (read through /proc/<pid>/root)."""
+    try:
+        return (proc / str(pid) / "root" / "dev" / "nvidiactl").exists()
+    except OSError:
+        return False
 
 
 def summary_info(summary: Mapping[str, Any]) -> ContainerInfo:
@@ -153,9 +232,11 @@ def device_access_ok(info: ContainerInfo, proc: Path = Path("/proc"),
 
     True or False only on cgroup v1, where ``devices.list`` shows the rules;
     None when it cannot be told (cgroup v2 uses eBPF programs and lists nothing,
-    the container is gone, or it was never given an NVIDIA device).
+    the container is gone, or it was never given an NVIDIA device: neither
+    inspect nor its own /dev shows one).  The cgroup is the one
+    ``/proc/<pid>/cgroup`` names, whatever the engine.
     """
-    if not info.expects_nvidia_device or info.pid <= 0:
+    if info.pid <= 0 or not (info.expects_nvidia_device or _has_nvidia_node(info.pid, proc)):
         return None
     try:
         lines = (proc / str(info.pid) / "cgroup").read_text().splitlines()
@@ -284,7 +365,7 @@ class DockerGateway:
     def inspect(self, ref: str) -> ContainerInfo | None:
         """Inspect one container by ID or name; None when it no longer exists."""
         attrs = self.inspect_attrs(ref)
-        return None if attrs is None else container_info(attrs)
+        return None if attrs is None else with_kernel_gpu_facts(container_info(attrs))
 
     def inspect_attrs(self, ref: str) -> dict[str, Any] | None:
         """The raw ``docker inspect`` data of one container; None when it does not exist.
