@@ -87,6 +87,17 @@ def test_event_stream_delivers_start_die_and_destroy_and_nothing_else(
     assert set(actions) <= set(WATCHED_EVENTS), actions
 
 
+def test_ping_names_the_engine_and_its_version(engine: Engine, gateway: DockerGateway) -> None:
+    """Docker or Podman, with the version its own client reports."""
+    found = gateway.ping()
+    if engine.name == "podman":
+        assert found.name == "Podman"
+        assert found.version == engine.podman("version", "--format", "{{.Server.Version}}").strip()
+    else:
+        assert found.name == "Docker"
+        assert found.version == engine.client.version()["Version"]
+
+
 def test_inspect_start_time_is_the_real_instant(
     gateway: DockerGateway, make_container: Callable[..., Container],
 ) -> None:
