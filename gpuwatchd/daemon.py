@@ -875,6 +875,14 @@ class Daemon:
         watched = {cid: info.name for cid, info in self._watched.items()}
         return control_target(name, watched, self.config, paused)
 
+    def _engine_json(self) -> dict[str, str] | None:
+        engine = self._events.engine if self._events is not None else None
+        if engine is None:
+            return None
+        host = (self.config.docker.host or os.environ.get("DOCKER_HOST")
+                or "unix:///var/run/docker.sock")
+        return {"name": engine.name, "version": engine.version, "host": host}
+
     def status_document(self) -> dict[str, Any]:
         """What ``gpuwatchd status`` shows, as plain JSON data."""
         assert self._core is not None
@@ -886,6 +894,7 @@ class Daemon:
             "uptime": round(now - self.started_at, 3),
             "dry_run": self.config.daemon.dry_run,
             "docker_available": self._docker_ok,
+            "engine": self._engine_json(),
             "nvml_available": self._nvml_ok,
             "status": self.status_line(),
             "core": snap.to_json(),

@@ -124,6 +124,8 @@ class DockerFacts:
 
     available: bool = True
     error: str | None = None
+    engine: str | None = None  #: "Docker" or "Podman"
+    engine_version: str | None = None
     cgroup_driver: str | None = None  #: "systemd" or "cgroupfs"
     cgroup_version: str | None = None  #: "1" or "2"
     default_runtime: str | None = None
@@ -572,6 +574,8 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             "docker": {
                 "available": host.docker.available,
                 "error": host.docker.error,
+                "engine": host.docker.engine,
+                "engine_version": host.docker.engine_version,
                 "cgroup_driver": host.docker.cgroup_driver,
                 "cgroup_version": host.docker.cgroup_version,
                 "default_runtime": host.docker.default_runtime,
@@ -671,7 +675,8 @@ def render_text(d: Diagnosis) -> str:
         out.append("  nvidia-persistenced: not running")
     dk = host.docker
     if dk.available:
-        out.append(f"  docker: cgroup driver {dk.cgroup_driver}, cgroup v{dk.cgroup_version}")
+        out.append(f"  engine: {dk.engine or '?'} {dk.engine_version or '?'}, "
+                   f"cgroup driver {dk.cgroup_driver}, cgroup v{dk.cgroup_version}")
         if not d.containers:
             out.append("  no container to examine (none named, none watched: see [watch])")
     else:

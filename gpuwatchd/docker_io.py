@@ -69,6 +69,29 @@ class ExecOutcome:
     exec_error: str | None = None  #: the engine refused the exec (message)
 
 
+@dataclass(frozen=True)
+class EngineVersion:
+    """Which engine answers on the socket, and its version."""
+
+    name: str  #: "Docker" or "Podman"
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+def engine_version(doc: Mapping[str, Any]) -> EngineVersion:
+    """The engine named by a ``GET /version`` answer.
+
+    Podman's compat API lists a ``Podman Engine`` component (its ``Version``
+    at the top level is the Docker API level it emulates); Docker's is ``Engine``.
+    """
+    for component in doc.get("Components") or []:
+        if isinstance(component, Mapping) and "podman" in str(component.get("Name", "")).lower():
+            return EngineVersion("Podman", str(component.get("Version") or "unknown"))
+    return EngineVersion("Docker", str(doc.get("Version") or "unknown"))
+
+
 def parse_docker_time(value: str | None) -> float:
     """An engine's RFC 3339 timestamp (nanoseconds; ``Z`` or an offset) to epoch seconds.
 
@@ -327,10 +350,10 @@ class DockerGateway:
                 client.close()
             self._clients.clear()
 
-    def ping(self) -> str:
-        """The engine's version; raises DockerUnavailable when it does not answer."""
+    def ping(self) -> EngineVersion:
+        """Which engine answers, and its version; raises DockerUnavailable when none does."""
         try:
-            return str(self._client.version().get("Version", "unknown"))
+            return engine_version(self._client.version())
         except DockerError as exc:
             raise DockerUnavailable(one_line(exc)) from exc
 

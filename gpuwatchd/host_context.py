@@ -213,12 +213,15 @@ def nvml_facts() -> NvmlFacts:
 
 
 def docker_facts(gateway: DockerGateway) -> DockerFacts:
-    """The engine's cgroup driver and version, or why it did not answer."""
+    """Which engine answered, its version and cgroup driver, or why none answered."""
     try:
+        engine = gateway.ping()
         info = gateway.info()
     except DockerUnavailable as exc:
         return DockerFacts(available=False, error=str(exc))
     return DockerFacts(
+        engine=engine.name,
+        engine_version=engine.version,
         cgroup_driver=_str_or_none(info.get("CgroupDriver")),
         cgroup_version=_str_or_none(info.get("CgroupVersion")),
         default_runtime=_str_or_none(info.get("DefaultRuntime")),
