@@ -152,8 +152,8 @@ def _cdi_names(host: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
         if req.get("Driver") == "cdi":
             names += [str(d) for d in req.get("DeviceIDs") or []]
     names += [str(d.get("PathOnHost", "")) for d in host.get("Devices") or []]
-    for annotations in (config.get("Annotations"), host.get("Annotations")):
-        for key, value in (annotations or {}).items():
+    for notes in (config.get("Annotations"), host.get("Annotations")):
+        for key, value in (notes or {}).items():
             if str(key).startswith(CDI_ANNOTATION_PREFIX):
                 names += [v.strip() for v in str(value).split(",")]
     return [n for n in names if n.startswith(NVIDIA_CDI_PREFIX)]
