@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from gpuwatchd.compat import tomllib
 from gpuwatchd.patterns import REGEX_PREFIX, LogPattern, PatternError
+from gpuwatchd.profiles import PROFILES, UnknownProfile, get_profile, profile_for_image
 
 DEFAULT_CONFIG_PATH = Path("/etc/gpuwatchd/config.toml")
 
@@ -70,6 +71,7 @@ class RemediationConfig:
     cooldown: float = 120.0
     max_restarts: int = 3
     window: float = 3600.0
+    action: str = "restart"  #: "restart", or "notify": record and notify, never restart
 
 
 @dataclass(frozen=True)
@@ -100,17 +102,39 @@ class ContainerOverride:
     probe_command: tuple[str, ...] | None = None
     probe_interval: float | None = None
     restart_timeout: float | None = None
+    profile: str | None = None
+    action: str | None = None
+    start_grace: float | None = None
+
+
+#: Where a container's profile came from (:attr:`ContainerSettings.profile_source`).
+PROFILE_CONFIGURED = "configured"
+PROFILE_FROM_IMAGE = "image"
+
+#: Each profile's patterns, compiled once.
+_PROFILE_PATTERNS = MappingProxyType(
+    {name: tuple(LogPattern(p) for p in prof.patterns) for name, prof in PROFILES.items()}
+)
 
 
 @dataclass(frozen=True)
 class ContainerSettings:
-    """The effective settings for one container: overrides merged over the globals."""
+    """The effective settings for one container.
+
+    Each value comes from the first of: the container's own key in
+    ``[containers.NAME]``, its profile (configured, else chosen from the image),
+    the global section.
+    """
 
     patterns: tuple[LogPattern, ...]
     confirm_with_probe: bool
     probe_command: tuple[str, ...]
     probe_interval: float
     restart_timeout: float
+    start_grace: float = 5.0
+    action: str = "restart"
+    profile: str | None = None  #: None: no profile, the global patterns and probe
+    profile_source: str | None = None  #: PROFILE_CONFIGURED or PROFILE_FROM_IMAGE
 
 
 @dataclass(frozen=True)
@@ -129,21 +153,37 @@ class Config:
     )
     source: Path | None = None  #: the file this was loaded from, if any
 
-    def for_container(self, name: str) -> ContainerSettings:
-        """Merge ``[containers.<name>]`` over the global settings."""
+    def for_container(self, name: str, image: str = "") -> ContainerSettings:
+        """Merge ``[containers.<name>]``, then its profile, over the global settings.
+
+        ``image``: the container's image reference, which picks a profile when
+        none is configured (see :func:`gpuwatchd.profiles.profile_for_image`).
+        """
         o = self.containers.get(name, ContainerOverride())
+        profile_name, source = o.profile, PROFILE_CONFIGURED if o.profile else None
+        if profile_name is None and image:
+            profile_name = profile_for_image(image)
+            source = PROFILE_FROM_IMAGE if profile_name else None
+        prof = PROFILES[profile_name] if profile_name else None
+        patterns = self.logs.patterns if prof is None else _PROFILE_PATTERNS[prof.name]
+        probe_command = self.probe.command if prof is None else prof.probe_command
+        start_grace = self.probe.start_grace if prof is None else prof.start_grace
         return ContainerSettings(
-            patterns=self.logs.patterns if o.patterns is None else o.patterns,
+            patterns=patterns if o.patterns is None else o.patterns,
             confirm_with_probe=(
                 self.logs.confirm_with_probe
                 if o.confirm_with_probe is None
                 else o.confirm_with_probe
             ),
-            probe_command=self.probe.command if o.probe_command is None else o.probe_command,
+            probe_command=probe_command if o.probe_command is None else o.probe_command,
             probe_interval=self.probe.interval if o.probe_interval is None else o.probe_interval,
             restart_timeout=(
                 self.remediation.restart_timeout if o.restart_timeout is None else o.restart_timeout
             ),
+            start_grace=start_grace if o.start_grace is None else o.start_grace,
+            action=self.remediation.action if o.action is None else o.action,
+            profile=profile_name,
+            profile_source=source,
         )
 
 
@@ -409,6 +449,26 @@ def _patterns(value: object, key: _Key) -> tuple[LogPattern, ...]:
     return tuple(patterns)
 
 
+def _profile(value: object, key: _Key) -> str:
+    _expect(value, key, str, "a profile name (a string)")
+    assert isinstance(value, str)
+    try:
+        return get_profile(value).name
+    except UnknownProfile as e:
+        raise _Invalid(key, str(e)) from None
+
+
+ACTIONS = ("restart", "notify")
+
+
+def _action(value: object, key: _Key) -> str:
+    _expect(value, key, str, 'a string, "restart" or "notify"')
+    assert isinstance(value, str)
+    if value not in ACTIONS:
+        raise _Invalid(key, f'must be "restart" or "notify", got {_show(value)}')
+    return value
+
+
 #: Docker's own rule for container names; IDs (hex) match it too.
 _CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", re.ASCII)
 _NAME_HINT = "must be a container name or ID (letters, digits, '_', '.', '-')"
@@ -518,6 +578,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, _Converter]]] = {
             "cooldown": _duration,
             "max_restarts": _max_restarts,
             "window": _duration,
+            "action": _action,
         },
     ),
     "watch": (
@@ -536,6 +597,9 @@ _OVERRIDE_KEYS: dict[str, _Converter] = {
     "probe_command": _command(allow_empty=False),
     "probe_interval": _duration,
     "restart_timeout": _duration,
+    "profile": _profile,
+    "action": _action,
+    "start_grace": _duration,
 }
 _TOP_LEVEL = (*_SECTIONS, "containers")
 
@@ -789,4 +853,35 @@ def render_effective(config: Config, *, ascii_only: bool = False) -> str:
     for cname, table in data["containers"].items():
         lines += ["", f"[containers.{_toml_key(cname)}]"]
         lines += [f"{k} = {_toml_value(v, ascii_only=ascii_only)}" for k, v in table.items()]
+    names = list(dict.fromkeys([*config.containers, *config.watch.containers]))
+    if names:
+        lines += ["", "# Effective settings of each named container (comments only):"]
+        for cname in names:
+            for line in describe_settings(cname, config.for_container(cname)):
+                # A comment may hold no control character at all (TOML).
+                text = "".join(
+                    f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
+                    for c in _one_line(line)
+                )
+                if ascii_only:
+                    text = text.encode("ascii", "backslashreplace").decode("ascii")
+                lines.append("#   " + text)
     return "\n".join(lines) + "\n"
+
+
+def describe_settings(name: str, settings: ContainerSettings) -> list[str]:
+    """Two or three lines for people: a container's profile, patterns, probe and action."""
+    if settings.profile is None:
+        profile = "none (an image of a known app picks one when the container is seen)"
+    elif settings.profile_source == PROFILE_FROM_IMAGE:
+        profile = f"{settings.profile} (chosen from the image)"
+    else:
+        profile = f"{settings.profile} (configured)"
+    patterns = ", ".join(json.dumps(p.source, ensure_ascii=False) for p in settings.patterns)
+    return [
+        f"{name}: profile {profile}; action {settings.action}",
+        f"  patterns: {patterns or 'none (probes only)'}",
+        f"  probe: {json.dumps(list(settings.probe_command))} every "
+        f"{format_duration(settings.probe_interval)}, start grace "
+        f"{format_duration(settings.start_grace)}",
+    ]

@@ -15,15 +15,26 @@ daemon owns the probe timers (``ProbeTick`` per container, with its random
 phase) and the record folding (:class:`gpuwatchd.records.RecordFolder`).
 Dry run is fixed for the core's life (a reload does not switch modes).
 
-The rules, in the words of issue 3:
+The rules:
 
 - **A log match alone is not proof.** It asks for a confirmation probe; at
-  most one probe is in flight per container and at most one confirmation per
-  :data:`CONFIRM_MIN_INTERVAL` seconds; matches in between are counted and
-  reported in the next ``log_pattern_matched`` record. A healthy probe gives
-  ``log_match_not_gpu``. With ``confirm_with_probe = false`` the pattern alone
-  is a fault, and verification after a restart is by staying running and
-  silent for ``verify_timeout`` (``result = unverified``).
+  most one probe is in flight per container. A confirmation that led to no
+  restart (NVML healthy: ``log_match_not_gpu``, as a real tuner fault gives
+  every second; a timeout; no probe command; a fault gpuwatchd may not act
+  on) holds the next one back until :data:`CONFIRM_MIN_INTERVAL` seconds after
+  its start; matches in between are counted and reported in the next
+  ``log_pattern_matched`` record. A restart and a heal lift that limit: the
+  next matching line is confirmed at once. Matches seen while a remediation
+  runs join it and are reported (``matches``) in its next record. With
+  ``confirm_with_probe = false`` the pattern alone is a fault, and
+  verification after a restart is by staying running and silent for
+  ``verify_timeout`` (``result = unverified``).
+- **Records in the order things happened.** A record that leads to an action
+  is emitted with ``fold = False``: the ``log_pattern_matched`` sent with a
+  confirmation probe, and a ``probe_failed`` or ``gpu_persistence_off`` that
+  is followed by a probe, a persistence change, a restart or a remediation
+  record. The daemon writes it at once, before that action's record, and
+  never folds it; a true repeat with no consequence stays foldable.
 - **Probe results.** NVML failures are faults; ``timeout`` is recorded but is
   no proof; ``probe_unavailable`` is never a fault and warns once per
   container; ``not_running`` is ignored.
@@ -47,6 +58,10 @@ The rules, in the words of issue 3:
   container started); else ``unknown``.
 - **Never restart for a host cause**: one ``remediation_skipped`` with advice,
   at most once per ``window`` per container.
+- **Notify only** (``action = "notify"``): a fault a restart would cure gives
+  one ``remediation_skipped`` (reason ``notify_only``, with advice) at most once
+  per ``window`` per container and cause, and never a restart; persistence mode
+  is still set with ``enforce_persistence`` (it disturbs no running job).
 - **Never loop**: at most ``max_restarts`` restarts per container name per
   ``window``, ``cooldown`` apart (a fault inside the cooldown is deferred and
   re-checked when it ends); a fault with the budget spent gives the container
@@ -66,6 +81,7 @@ The rules, in the words of issue 3:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -106,11 +122,12 @@ from gpuwatchd.events import (
     SetPersistence,
     SystemdReloaded,
 )
-from gpuwatchd.records import ADVICE, FieldValue, make_record
-from gpuwatchd.state_store import ALL_CONTAINERS, PersistedState
+from gpuwatchd.records import ADVICE, NOTIFY_ADVICE, FieldValue, make_record
+from gpuwatchd.state_store import ALL_CONTAINERS, MAX_HISTORY, HistoryEntry, PersistedState
 from gpuwatchd.types import ORCHESTRATOR_LABEL_PREFIXES, Cause, Confidence, ProbeResult
 
-#: At most one confirmation probe per container in this many seconds.
+#: After a confirmation that led to no restart, the next one waits until this
+#: many seconds after its start (a restart or a heal lifts the wait).
 CONFIRM_MIN_INTERVAL = 10.0
 #: Seconds between verification probes after a restart.
 VERIFY_RETRY = 1.0
@@ -167,6 +184,9 @@ class ContainerView:
     paused_until: float | None  #: None with ``paused``: until resumed
     remediation: Phase | None
     cause: Cause | None  #: of the remediation under way
+    profile: str | None = None
+    action: str = "restart"
+    patterns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -218,6 +238,7 @@ class _Remediation:
     last_result: ProbeResult | None = None
     last_device_access: bool | None = None
     verify_retries: int = 0
+    matches: int = 0  #: pattern matches seen since the remediation's last record
 
 
 @dataclass
@@ -228,6 +249,8 @@ class _Container:
     orchestrated: bool
     probe_purpose: ProbePurpose | None = None
     probe_started: float = 0.0
+    #: Start of the last confirmation, until a restart or a heal clears it:
+    #: the next confirmation waits until CONFIRM_MIN_INTERVAL after it.
     last_confirm: float | None = None
     unreported: int = 0  #: matches not yet in a log_pattern_matched record
     covered: int = 0  #: matches the in-flight confirmation probe answers for
@@ -238,6 +261,7 @@ class _Container:
     remediation: _Remediation | None = None
     deferred_until: float | None = None
     recheck: ProbePurpose | None = None  #: probe again once the probe in flight ends
+    image: str = ""  #: its image reference (picks a profile)
 
 
 class Core:
@@ -257,6 +281,7 @@ class Core:
         self._given_up: dict[str, float] = dict(st.given_up)
         self._paused: dict[str, float | None] = dict(st.paused)
         self._gpu_last_disabled: dict[str, float] = dict(st.gpu_last_disabled)
+        self._history: dict[str, list[HistoryEntry]] = {k: list(v) for k, v in st.history.items()}
         self._gpus: dict[int, _Gpu] = {}
         self._containers: dict[str, _Container] = {}
         self._nvml_failure: NvmlFailure | None = None
@@ -265,6 +290,7 @@ class Core:
         self._set_in_flight = False
         self._set_attempts: dict[int, float] = {}
         self._host_skips: dict[str, float] = {}
+        self._notify_skips: dict[tuple[str, Cause], float] = {}
         self._warned_orchestrated: set[str] = set()
         self._probe_unavailable: set[str] = set()
         self._tokens: dict[tuple[str | None, DeadlineKind], int] = {}
@@ -290,6 +316,7 @@ class Core:
             given_up=dict(self._given_up),
             paused=dict(self._paused),
             gpu_last_disabled=dict(self._gpu_last_disabled),
+            history={k: tuple(v) for k, v in self._history.items() if v},
         )
 
     def start(self, now: float) -> list[Action]:
@@ -403,6 +430,7 @@ class Core:
         for name, c in sorted(self._containers.items()):
             given = self._given_up.get(name)
             paused, until = self._pause_of(name, now)
+            settings = self._settings(c)
             containers.append(
                 ContainerView(
                     name=name,
@@ -418,6 +446,9 @@ class Core:
                     paused_until=until,
                     remediation=c.remediation.phase if c.remediation else None,
                     cause=c.remediation.cause if c.remediation else None,
+                    profile=settings.profile,
+                    action=settings.action,
+                    patterns=tuple(p.source for p in settings.patterns),
                 )
             )
         all_paused, all_until = self._pause_key(ALL_CONTAINERS, now)
@@ -437,13 +468,34 @@ class Core:
         out, self._out = self._out, []
         return out
 
-    def _emit(self, event: str, c: _Container | None = None, **fields: FieldValue) -> None:
+    def _emit(
+        self, event: str, c: _Container | None = None, *, fold: bool = True, **fields: FieldValue
+    ) -> None:
         if c is not None:
             fields.setdefault("container", c.ref.name)
             fields.setdefault("container_id", c.ref.short_id)
         if self._dry_run:
             fields["dry_run"] = True
-        self._out.append(Emit(make_record(event, **fields)))
+        self._out.append(Emit(make_record(event, **fields), fold))
+
+    def _led_to(self, start: int, decide: Callable[[], None]) -> None:
+        """Run ``decide``; when it did anything besides saving state or setting a
+        timer, the records emitted since ``start`` led to it: they are never folded."""
+        end = len(self._out)
+        decide()
+        if any(not isinstance(a, SaveState | ScheduleWakeup) for a in self._out[end:]):
+            for i in range(start, end):
+                a = self._out[i]
+                if isinstance(a, Emit):
+                    self._out[i] = Emit(a.record, fold=False)
+
+    def _remember(self, name: str, entry: HistoryEntry) -> None:
+        """Keep what gpuwatchd did, for ``diagnose`` (dry run changes nothing)."""
+        if self._dry_run:
+            return
+        entries = self._history.setdefault(name, [])
+        entries.append(entry)
+        del entries[:-MAX_HISTORY]
 
     def _save(self) -> None:
         # Dry run changes nothing, the state file included.
@@ -461,7 +513,7 @@ class Core:
         return c if c is not None and c.ref.id == ref.id else None
 
     def _settings(self, c: _Container) -> ContainerSettings:
-        return self._config.for_container(c.ref.name)
+        return self._config.for_container(c.ref.name, c.image)
 
     def _drop(self, c: _Container) -> None:
         del self._containers[c.ref.name]
@@ -476,6 +528,7 @@ class Core:
             self._nvml_failure = None
             self._emit("nvml_available")
         newly_off = False
+        start = len(self._out)
         gpus: dict[int, _Gpu] = {}
         for info in event.gpus:
             prev = self._gpus.get(info.index)
@@ -492,10 +545,13 @@ class Core:
                     gpu_name=info.name,
                 )
         self._gpus = gpus
+        self._led_to(start, lambda: self._after_snapshot(newly_off, now))
+
+    def _after_snapshot(self, newly_off: bool, now: float) -> None:
         if newly_off:
             self._save()
             self._probe_all(ProbePurpose.DRIFT, now)
-        off = [g for g in gpus.values() if not g.persistence]
+        off = [g for g in self._gpus.values() if not g.persistence]
         if off and self._config.gpu.enforce_persistence and not self._paused_now(None, now):
             retry = self._config.remediation.cooldown
             due = [g for g in off if self._set_attempts.get(g.info.index, -retry) + retry <= now]
@@ -554,6 +610,7 @@ class Core:
         if c is not None and c.ref.id == event.ref.id:
             c.state = event.state
             c.started_at = event.started_at
+            c.image = event.image or c.image
             return
         orchestrated = any(k.startswith(ORCHESTRATOR_LABEL_PREFIXES) for k in event.labels)
         change = "watched"
@@ -561,7 +618,7 @@ class Core:
             # Recreated under the same name: a new instance, same budget.
             self._drop(c)
             change = "recreated"
-        c = _Container(event.ref, event.state, event.started_at, orchestrated)
+        c = _Container(event.ref, event.state, event.started_at, orchestrated, image=event.image)
         self._containers[name] = c
         self._emit("watch_set_changed", c, change=change, reason=event.state.value)
         if orchestrated and name not in self._warned_orchestrated:
@@ -575,7 +632,7 @@ class Core:
             )
 
     def _grace_end(self, c: _Container) -> float:
-        return c.started_at + self._config.probe.start_grace
+        return c.started_at + self._settings(c).start_grace
 
     def _busy(self, c: _Container, now: float) -> bool:
         return (
@@ -625,21 +682,36 @@ class Core:
             r.faults += 1  # joins the remediation under way
             if r.phase is Phase.VERIFYING and r.by_silence:
                 self._emit(
-                    "log_pattern_matched", c, pattern=event.pattern, line=event.line, count=1
+                    "log_pattern_matched",
+                    c,
+                    fold=False,
+                    pattern=event.pattern,
+                    line=event.line,
+                    count=1,
                 )
                 self._remediation_failed(c, now, "pattern_seen")
                 self._fault(c, now, None)
+            else:
+                r.matches += 1  # reported in the remediation's next record
             return
         c.unreported += 1
         c.pattern, c.line = event.pattern, event.line
         if not self._settings(c).confirm_with_probe:
+            start = len(self._out)
             self._report_matches(c)
-            self._fault(c, now, None)
+            self._led_to(start, lambda: self._fault(c, now, None))
             return
         self._request_confirm(c, now)
 
-    def _report_matches(self, c: _Container) -> None:
-        self._emit("log_pattern_matched", c, pattern=c.pattern, line=c.line, count=c.unreported)
+    def _report_matches(self, c: _Container, *, fold: bool = True) -> None:
+        self._emit(
+            "log_pattern_matched",
+            c,
+            fold=fold,
+            pattern=c.pattern,
+            line=c.line,
+            count=c.unreported,
+        )
         c.unreported = 0
 
     def _request_confirm(self, c: _Container, now: float) -> None:
@@ -653,7 +725,7 @@ class Core:
                 self._wake(c.ref.name, DeadlineKind.CONFIRM, earliest)
             return
         c.covered = c.unreported
-        self._report_matches(c)
+        self._report_matches(c, fold=False)  # it leads to the probe
         c.last_confirm = now
         self._probe(c, ProbePurpose.CONFIRM, now)
 
@@ -692,6 +764,11 @@ class Core:
             if verifying:
                 self._retry_verify(c, now)
         else:
+            fault = result.is_gpu_fault and not verifying
+            start = len(self._out)
+            if fault and c.unreported:
+                # Matches held back (or seen while this probe ran): this explains them.
+                self._report_matches(c)
             self._emit(
                 "probe_failed",
                 c,
@@ -709,8 +786,8 @@ class Core:
                 r.last_result = result
                 r.last_device_access = event.device_access_ok
                 self._retry_verify(c, now)
-            elif result.is_gpu_fault:
-                self._fault(c, now, event.device_access_ok)
+            elif fault:
+                self._led_to(start, lambda: self._fault(c, now, event.device_access_ok))
             # A timeout proves nothing: a hung nvidia-smi is recorded, not healed.
         if c.remediation is None and c.unreported:
             self._request_confirm(c, now)
@@ -770,6 +847,9 @@ class Core:
                     dry_run=self._dry_run,
                 )
             return
+        if self._settings(c).action == "notify":
+            self._notify_only(c, now, cause, confidence)
+            return
         if self._paused_now(name, now):
             self._emit(
                 "remediation_skipped",
@@ -801,6 +881,8 @@ class Core:
                 self._wake(name, DeadlineKind.COOLDOWN_END, until)
             return
         c.deferred_until = None
+        if c.unreported:
+            self._report_matches(c, fold=False)  # they belong to this fault
         r = _Remediation(cause, confidence, began=now)
         c.remediation = r
         # Step 1: persistence mode on every GPU seen off.
@@ -815,6 +897,30 @@ class Core:
                 return  # step 2 follows PersistenceSetFinished
         self._restart(c, now)
 
+    def _notify_only(
+        self, c: _Container, now: float, cause: Cause, confidence: Confidence | None
+    ) -> None:
+        """A proven fault in a container that must not be restarted: tell, advise, leave it."""
+        off = [g for g in self._gpus.values() if not g.persistence]
+        if off and self._config.gpu.enforce_persistence and not self._set_in_flight:
+            self._set_persistence(off, now)  # a host setting: no running job notices
+        key = (c.ref.name, cause)
+        last = self._notify_skips.get(key)
+        if last is not None and now - last < self._config.remediation.window:
+            return
+        self._notify_skips[key] = now
+        self._emit(
+            "remediation_skipped",
+            c,
+            reason="notify_only",
+            cause=cause.value,
+            confidence=confidence.value if confidence else None,
+            advice=NOTIFY_ADVICE.get(cause.value, NOTIFY_ADVICE["unknown"]).format(
+                container=c.ref.name
+            ),
+            dry_run=self._dry_run,
+        )
+
     def _restart(self, c: _Container, now: float) -> None:
         """Step 2: take a budget entry, then restart (dry run: record and stop here)."""
         r = c.remediation
@@ -828,6 +934,7 @@ class Core:
                 c,
                 reason="not_running",
                 state=c.state.value,
+                matches=_take_matches(r),
                 cause=r.cause.value,
                 advice="It stopped before the restart; gpuwatchd never starts a stopped container.",
                 dry_run=self._dry_run,
@@ -853,6 +960,7 @@ class Core:
             attempt=r.attempt,
             max_restarts=self._config.remediation.max_restarts,
             count=r.faults,
+            matches=_take_matches(r),
             dry_run=self._dry_run,
         )
 
@@ -871,7 +979,11 @@ class Core:
             c.state = ContainerState.RUNNING
             c.started_at = event.started_at if event.started_at is not None else now
             c.probe_purpose = None  # a probe of the old process is meaningless
+            c.last_confirm = None  # a new process: its first matching line is confirmed at once
             self._emit_restarted(c, r)
+            self._remember(c.ref.name, HistoryEntry(
+                now, "restarted", r.cause.value, r.confidence.value if r.confidence else None))
+            self._save()
             r.phase, r.restarted_at = Phase.VERIFYING, now
             r.by_silence = (
                 not self._settings(c).confirm_with_probe or c.ref.name in self._probe_unavailable
@@ -898,6 +1010,7 @@ class Core:
                 c,
                 reason="not_running",
                 state=event.state.value if event.state else None,
+                matches=_take_matches(r),
                 cause=r.cause.value,
                 advice="It was not running right before the restart; gpuwatchd never "
                 "starts a stopped container.",
@@ -911,6 +1024,7 @@ class Core:
                 error=event.error,
                 cause=r.cause.value,
                 count=r.faults,
+                matches=_take_matches(r),
                 dry_run=self._dry_run,
             )
 
@@ -935,10 +1049,13 @@ class Core:
             cause=r.cause.value,
             elapsed=round(now - r.restarted_at, 3),
             count=r.faults,
+            matches=_take_matches(r),
             dry_run=self._dry_run,
         )
         c.remediation = None
-        c.unreported = 0
+        c.last_confirm = None  # healed: the next matching line is confirmed at once
+        self._remember(c.ref.name, HistoryEntry(now, "recovered", r.cause.value, result))
+        self._save()
 
     def _remediation_failed(self, c: _Container, now: float, result: str) -> None:
         r = c.remediation
@@ -950,10 +1067,10 @@ class Core:
             cause=r.cause.value,
             state=c.state.value if c.state is not ContainerState.RUNNING else None,
             count=r.faults,
+            matches=_take_matches(r),
             dry_run=self._dry_run,
         )
         c.remediation = None
-        c.unreported = 0
 
     def _on_verify_deadline(self, c: _Container, now: float) -> None:
         r = c.remediation
@@ -976,6 +1093,7 @@ class Core:
         name = c.ref.name
         window = self._config.remediation.window
         self._given_up[name] = now
+        self._remember(name, HistoryEntry(now, "gave_up", cause.value))
         self._emit(
             "remediation_gave_up",
             c,
@@ -1072,6 +1190,8 @@ class Core:
             self._given_up.pop(n, None)
             self._host_skips.pop(n, None)
             self._tokens.pop((n, DeadlineKind.GIVE_UP_END), None)
+        for key in [k for k in self._notify_skips if name is None or k[0] == name]:
+            del self._notify_skips[key]
         if name is None:
             self._host_skips.clear()
         self._emit("operator_reset", target=_target(name))
@@ -1096,6 +1216,13 @@ class Core:
         if name is None:
             return self._pause_key(ALL_CONTAINERS, now)[0]
         return self._pause_of(name, now)[0]
+
+
+def _take_matches(r: _Remediation) -> int | None:
+    """The matches seen since the remediation's last record (None: none); each is
+    reported once."""
+    n, r.matches = r.matches, 0
+    return n or None
 
 
 def _target(key: str | None) -> str:

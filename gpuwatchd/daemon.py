@@ -35,11 +35,12 @@ from gpuwatchd.classify import classify_probe
 from gpuwatchd.config import Config, ConfigError, load_config
 from gpuwatchd.control import ControlError, ControlServer, pause_duration
 from gpuwatchd.core import Core
+from gpuwatchd.device_check import ReloadExposure, reload_exposure
+from gpuwatchd.device_check_run import device_access, scope_device_allow
 from gpuwatchd.docker_io import (
     ContainerInfo,
     DockerGateway,
     DockerUnavailable,
-    device_access_ok,
     one_line,
 )
 from gpuwatchd.event_watcher import EventWatcher
@@ -85,7 +86,7 @@ from gpuwatchd.metrics import MAX_CONNECTIONS, Metrics
 from gpuwatchd.notify import Notifier
 from gpuwatchd.nvml import Nvml
 from gpuwatchd.nvml import NvmlFailure as NvmlError
-from gpuwatchd.records import Record, RecordFolder, make_record
+from gpuwatchd.records import RELOAD_ADVICE, Record, RecordFolder, make_record
 from gpuwatchd.reload_watch import ReloadWatcher, ReloadWatchUnavailable
 from gpuwatchd.state_store import load_state, save_state, state_path
 from gpuwatchd.watchset import control_target, is_watched
@@ -101,6 +102,8 @@ MAX_CONCURRENT_PROBES = 8
 MAX_CONCURRENT_RESTARTS = 2
 #: How long shutdown waits for restarts in flight beyond their own stop timeout.
 SHUTDOWN_GRACE = 10.0
+#: How long shutdown lets notifications in flight finish before killing them.
+NOTIFY_SHUTDOWN_GRACE = 5.0
 #: Every container's first probe comes within this many seconds of watching it.
 FIRST_PROBE_SPREAD = 1.0
 #: Identical records within this many seconds are folded into one with a count.
@@ -183,6 +186,8 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._restarts: set[asyncio.Task[Any]] = set()
         self._docker_ok: bool | None = None
+        self._cgroup_driver: str | None = None  #: Docker's, read at each connection
+        self._reload_warned: set[str] = set()  #: container IDs recorded reload_will_break
         self._nvml_ok: bool | None = None
         self._gpus: tuple[GpuInfo, ...] = ()
         self._last_gpu_poll = 0.0
@@ -197,6 +202,7 @@ class Daemon:
         #: Called on the event loop with every record written (after folding):
         #: notifications and metrics hang here. Must not block.
         self.record_listeners: list[Callable[[Record], None]] = []
+        self._notifier: Notifier | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -230,7 +236,8 @@ class Daemon:
         state, warning = await self._blocking(load_state, state_path(config.daemon.state_dir))
         self._core = Core(config, state, dry_run=config.daemon.dry_run)
         # Notifications follow reloads (the lambda reads the config in force).
-        self.record_listeners.append(Notifier(lambda: self.config.notify, self._record).on_record)
+        self._notifier = Notifier(lambda: self.config.notify, self._record)
+        self.record_listeners.append(self._notifier.on_record)
         if config.metrics.listen:
             await self._start_metrics(config.metrics.listen)
         self._record(
@@ -305,6 +312,9 @@ class Daemon:
                         for t in self._restarts) + SHUTDOWN_GRACE
             await asyncio.wait(self._restarts, timeout=bound)
             await self._drain_queue()
+        if self._notifier is not None:
+            # Bounded: what is not delivered in the grace is killed and recorded.
+            await self._notifier.close(NOTIFY_SHUTDOWN_GRACE)
         for task in list(self._tasks):
             task.cancel(msg="gpuwatchd is stopping")
         if self._tasks:
@@ -402,8 +412,8 @@ class Daemon:
             with contextlib.suppress(RuntimeError):  # the loop closed under us
                 loop.call_soon_threadsafe(self._queue.put_nowait, item)
 
-    def _record(self, record: Record) -> None:
-        for out in self._folder.offer(record, time.time()):
+    def _record(self, record: Record, *, fold: bool = True) -> None:
+        for out in self._folder.offer(record, time.time(), fold=fold):
             self._write(out)
 
     def _write(self, record: Record) -> None:
@@ -460,7 +470,7 @@ class Daemon:
 
     async def _start_action(self, action: Action) -> None:
         if isinstance(action, Emit):
-            self._record(action.record)
+            self._record(action.record, fold=action.fold)
         elif isinstance(action, SaveState):
             # Awaited in order: the budget is on disk before the restart starts.
             try:
@@ -511,11 +521,12 @@ class Daemon:
         access: bool | None = None
         if result.is_gpu_fault:
             # Evidence for the cause, gathered now while it is fresh: the host's
-            # own NVML, and the container's device cgroup.
+            # own NVML, and whether the kernel lets the container's cgroups open
+            # its NVIDIA control node (cgroup v1 and v2 alike).
             await self._poll_gpus_once()
             info = await self._inspect(action.ref.id)
             if info is not None:
-                access = await self._blocking(device_access_ok, info)
+                access = (await self._blocking(device_access, info)).ok
         excerpt = outcome.output[:512].decode(errors="replace").strip()
         if outcome.exec_error:
             excerpt = excerpt or outcome.exec_error
@@ -577,6 +588,7 @@ class Daemon:
             return
         self._docker_ok = status.connected
         if status.connected:
+            await self._read_cgroup_driver()
             await self._feed(DockerAvailable())
             await self._resync("docker connected")
         else:
@@ -622,9 +634,32 @@ class Daemon:
             self._detach(info.id)
         if known is None or known.name != info.name:
             await self._feed(ContainerWatched(_ref(info), _state(info), info.started_at,
-                                              info.labels))
+                                              info.labels, info.image))
         else:
             await self._feed(ContainerStateChanged(_ref(info), _state(info), info.started_at))
+        if info.status == "running":
+            await self._warn_reload_exposure(info)
+
+    async def _read_cgroup_driver(self) -> None:
+        try:
+            info = await self._blocking(self._gateway.info)
+        except DockerUnavailable:
+            return  # the connection observer reports it
+        driver = info.get("CgroupDriver")
+        self._cgroup_driver = str(driver) if driver else None
+
+    async def _warn_reload_exposure(self, info: ContainerInfo) -> None:
+        """Once per container: record it when the next daemon-reload will revoke its GPU access."""
+        if (self._cgroup_driver != "systemd" or not info.expects_nvidia_device
+                or info.id in self._reload_warned):
+            return
+        allow = await self._blocking(scope_device_allow, info.id)
+        if reload_exposure(self._cgroup_driver, (), allow) is ReloadExposure.WILL_BREAK:
+            self._reload_warned.add(info.id)
+            self._record(make_record(
+                "reload_will_break", container=info.name, container_id=info.short_id,
+                device_allow=allow, advice=RELOAD_ADVICE,
+            ))
 
     async def _forget(self, cid: str, reason: str) -> None:
         self._detach(cid)
@@ -661,7 +696,7 @@ class Daemon:
             current.stop()
         follower = LogFollower(
             self._gateway, info.id, info.name, since,
-            self.config.for_container(info.name).patterns,
+            self.config.for_container(info.name, info.image).patterns,
             self._on_log_match, self._on_follower_end,
         )
         self._followers[info.id] = follower
@@ -700,7 +735,7 @@ class Daemon:
         timer = self._timers.get(info.id)
         if timer is not None and not timer.done():
             return
-        interval = self.config.for_container(info.name).probe_interval
+        interval = self.config.for_container(info.name, info.image).probe_interval
         ref = _ref(info)
         self._timers[info.id] = self._spawn(self._probe_timer(ref, interval), f"timer-{info.name}")
 
@@ -832,7 +867,7 @@ class Daemon:
         for cid, follower in self._followers.items():
             info = self._watched.get(cid)
             if info is not None:
-                follower.patterns = new.for_container(info.name).patterns
+                follower.patterns = new.for_container(info.name, info.image).patterns
         await self._resync("config reloaded")
         sdnotify.ready(self.status_line())
 
@@ -852,6 +887,9 @@ class Daemon:
             raise ControlError("container must be a name")
         if command == "status":
             return self.status_document()
+        if command == "history":
+            assert self._core is not None
+            return {"now": time.time(), "state": self._core.persisted().to_json()}
         if command == "reset":
             self._queue.put_nowait(ResetRequested(container))
             return {"reset": container or "all"}

@@ -23,13 +23,24 @@ host at risk from ``systemctl daemon-reload``) does not change the status.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from gpuwatchd.compat import StrEnum
+from gpuwatchd.device_check import AccessCheck, ReloadExposure, reload_exposure
 from gpuwatchd.exitcodes import ExitCode
+from gpuwatchd.state_store import HistoryEntry
 from gpuwatchd.types import Cause, ProbeResult
+
+#: A matching line counts against the application (``not_gpu``) only when it was
+#: logged this long after the container's last start and after gpuwatchd's last
+#: restart of it: the engine stamps StartedAt late, so the line that led to a
+#: restart can carry a time just after the new start.
+START_MARGIN = 2.0
+#: gpuwatchd records a restart once the engine says it is done, a moment after
+#: the new StartedAt; a restart recorded this long before the start still made it.
+RESTART_SLACK = 5.0
 
 #: What packaging/systemd ships, and where install.sh puts it.
 DROPIN_SOURCE = "packaging/systemd/nvidia-persistenced.service.d/gpuwatchd-persistence-mode.conf"
@@ -154,6 +165,7 @@ class LogFacts:
     last_line: str | None = None
     last_at: float | None = None
     error: str | None = None  #: why the logs could not be read
+    match_times: tuple[float, ...] = ()  #: when each matching line was logged
 
 
 @dataclass(frozen=True)
@@ -177,9 +189,29 @@ class ContainerFacts:
     started_at: float
     gpu_methods: tuple[str, ...] = ()  #: GPU_LEGACY_HOOK, GPU_CDI, ...
     probe: ProbeFacts | None = None  #: None when not running (no probe ran)
-    device_access_ok: bool | None = None  #: cgroup v1 evidence; None: cannot tell
+    device_access_ok: bool | None = None  #: the device check's answer; None: cannot tell
     library_version: str | None = None  #: libnvidia-ml.so.VERSION inside
     logs: LogFacts = field(default_factory=LogFacts)
+    device_check: AccessCheck | None = None  #: the kernel's answer and why (None: not asked)
+    #: the scope's DeviceAllow= (systemd cgroup driver), None when it could not be read
+    scope_device_allow: str | None = None
+    #: What gpuwatchd did to it, oldest first (see :class:`HistoryFacts`).
+    history: tuple[HistoryEntry, ...] = ()
+    given_up_at: float | None = None  #: when gpuwatchd gave up on it, while it holds
+
+
+@dataclass(frozen=True)
+class HistoryFacts:
+    """Where the daemon's history came from: ``daemon`` (asked on its control
+    socket), ``state file`` (with the journal's records for containers the file
+    has none of), ``journal`` (gpuwatchd's own records, when there is no state
+    file), or ``none``; ``as_of`` is when it was current (the daemon's clock, the
+    file's modification time, or the newest record)."""
+
+    source: str = "none"
+    where: str = ""
+    as_of: float | None = None
+    error: str | None = None  #: why no source could be read
 
 
 @dataclass(frozen=True)
@@ -188,6 +220,7 @@ class Facts:
 
     host: HostFacts
     containers: tuple[ContainerFacts, ...] = ()
+    history: HistoryFacts = field(default_factory=HistoryFacts)
 
 
 # --------------------------------------------------------------------------
@@ -357,8 +390,26 @@ def host_findings(
         ))
     exposed = sorted({
         f"{c.name} ({m})" for c in containers for m in c.gpu_methods if m in AT_RISK_METHODS
+        if _exposure(host, c) is ReloadExposure.AT_RISK
     })
-    if docker.cgroup_driver == "systemd" and exposed:
+    doomed = sorted(
+        c.name for c in containers
+        if _exposure(host, c) is ReloadExposure.WILL_BREAK
+    )
+    if doomed:
+        found.append(Verdict(
+            "reload_will_break", Status.HEALTHY,
+            "The next `systemctl daemon-reload` will revoke GPU access in "
+            f"{', '.join(doomed)}: the scope's DeviceAllow= lacks the NVIDIA device nodes.",
+            (
+                f"docker: CgroupDriver systemd, cgroup v{docker.cgroup_version or '?'}",
+                *(f"{c.name}: docker-{c.id}.scope has {c.scope_device_allow or 'DeviceAllow='}"
+                  for c in containers if c.name in doomed),
+                f"last systemd reload: {_when(host.last_reload)}",
+            ),
+            advice=_device_access_prevention(),
+        ))
+    elif docker.cgroup_driver == "systemd" and exposed:
         found.append(Verdict(
             "reload_risk", Status.HEALTHY,
             "Docker uses the systemd cgroup driver: a `systemctl daemon-reload` can revoke GPU "
@@ -395,12 +446,23 @@ def _log_evidence(c: ContainerFacts) -> list[str]:
     return [text]
 
 
+def _history_evidence(c: ContainerFacts) -> list[str]:
+    shown = [f"{e.event} at {_when(e.at)} ({e.cause}{', ' + e.detail if e.detail else ''})"
+             for e in c.history[-3:]]
+    return [f"gpuwatchd: {'; '.join(shown)}"] if shown else []
+
+
 def _context_evidence(host: HostFacts, c: ContainerFacts) -> list[str]:
-    out = []
-    if c.device_access_ok is True:
+    out = _history_evidence(c)
+    if c.device_check is not None and c.device_check.ok is not None:
+        state = "still allowed" if c.device_check.ok else "access revoked"
+        out.append(f"device access: /dev/nvidiactl {state}: {c.device_check.reason}")
+    elif c.device_access_ok is True:
         out.append("device cgroup: /dev/nvidiactl still allowed")
     elif c.device_access_ok is False:
         out.append("device cgroup: /dev/nvidiactl access revoked (devices.list)")
+    elif c.device_check is not None:
+        out.append(f"device access: cannot tell: {c.device_check.reason}")
     if host.last_reload and host.last_reload >= c.started_at:
         out.append(f"systemd reloaded at {_when(host.last_reload)}, after the container started "
                    f"({_when(c.started_at)})")
@@ -411,8 +473,72 @@ def _context_evidence(host: HostFacts, c: ContainerFacts) -> list[str]:
     return out
 
 
+def _exposure(host: HostFacts, c: ContainerFacts) -> ReloadExposure:
+    return reload_exposure(host.docker.cgroup_driver, c.gpu_methods, c.scope_device_allow)
+
+
 def container_verdict(host: HostFacts, c: ContainerFacts) -> Verdict:
-    """The most likely cause for one container, its evidence and its fix; see the module doc."""
+    """The most likely cause for one container, its evidence and its fix; see the module doc.
+
+    What gpuwatchd did to the container (``c.history``) is evidence too: a start
+    that gpuwatchd's own restart explains, with NVML working now, is ``healed``
+    (healthy, with the lasting fixes for the cause it healed), and a give-up in
+    force is named, with ``gpuwatchd reset``, whatever the verdict.
+    """
+    verdict = _judge(host, c)
+    if c.given_up_at is None:
+        return verdict
+    cause = next((e.cause for e in reversed(c.history) if e.event == "gave_up"), "unknown")
+    reset = f"gpuwatchd reset {c.name}"
+    return replace(
+        verdict,
+        summary=f"{verdict.summary} gpuwatchd gave up on {c.name} at {_when(c.given_up_at)} "
+        f"({cause}) and restarts it no more until `{reset}`, once the host is fixed.",
+        fix_now=(*verdict.fix_now, f"{reset}  # after fixing the cause"),
+    )
+
+
+def unexplained_matches(c: ContainerFacts) -> int:
+    """Matching lines logged after the container's last start and after gpuwatchd's
+    last restart of it, each plus :data:`START_MARGIN`: the lines a tuner or the
+    application itself must answer for."""
+    if not c.logs.match_times:
+        return c.logs.matches_since_start
+    restarts = [e.at for e in c.history if e.event == "restarted"]
+    floor = max([c.started_at, *restarts]) + START_MARGIN
+    return sum(1 for t in c.logs.match_times if t > floor)
+
+
+def healing_restart(c: ContainerFacts) -> HistoryEntry | None:
+    """gpuwatchd's restart that made the container's current run, if one did."""
+    for e in reversed(c.history):
+        if e.event == "restarted":
+            return e if e.at >= c.started_at - RESTART_SLACK else None
+    return None
+
+
+def _healed(host: HostFacts, c: ContainerFacts, restart: HistoryEntry,
+            evidence: tuple[str, ...], advice: tuple[str, ...]) -> Verdict:
+    confidence = f" ({restart.detail})" if restart.detail else ""
+    summary = (f"NVML works now inside {c.name}; gpuwatchd restarted it at "
+               f"{_when(restart.at)} for {restart.cause}{confidence}")
+    good: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    if restart.cause == Cause.PERSISTENCE_OFF.value:
+        off = [g for g in host.nvml.gpus if not g.persistence]
+        if off:
+            summary += f"; persistence mode is off again on {_gpu_list(off)}"
+        elif host.nvml.gpus:
+            summary += "; persistence mode is on"
+        good, extra = _persistence_fix_for_good(), (_RELOAD_CAVEAT,)
+    elif restart.cause == Cause.DEVICE_ACCESS_LOST.value:
+        good = _device_access_prevention()
+    summary += ". The cause stays on the host until it is fixed for good." if good else "."
+    return Verdict("healed", Status.HEALTHY, summary, evidence, (), good,
+                   tuple(dict.fromkeys((*extra, *advice))))
+
+
+def _judge(host: HostFacts, c: ContainerFacts) -> Verdict:
     evidence = [*_log_evidence(c)]
     if c.probe is not None:
         evidence.insert(0, _probe_evidence(c.probe))
@@ -421,7 +547,7 @@ def container_verdict(host: HostFacts, c: ContainerFacts) -> Verdict:
     restart = f"docker restart {c.name}"
     nvml = host.nvml
     off = [g for g in nvml.gpus if not g.persistence]
-    at_risk = host.docker.cgroup_driver == "systemd" and bool(AT_RISK_METHODS & set(c.gpu_methods))
+    at_risk = _exposure(host, c) is not ReloadExposure.NOT_EXPOSED
     advice = _device_access_prevention() if at_risk else ()
 
     if nvml.failure in HOST_FAULT_KINDS:
@@ -437,15 +563,19 @@ def container_verdict(host: HostFacts, c: ContainerFacts) -> Verdict:
     result = c.probe.result
 
     if result is ProbeResult.OK:
-        if c.logs.matches_since_start:
+        unexplained = unexplained_matches(c)
+        if unexplained:
             return Verdict(
                 "not_gpu", Status.PROBLEM,
-                f"NVML works inside {c.name}, yet it logged {c.logs.matches_since_start} "
-                "matching line(s) since it started: likely a genuine tuner or application "
-                "fault, not the GPU.", ev,
+                f"NVML works inside {c.name}, yet it logged {unexplained} matching line(s) "
+                "since it started that no gpuwatchd restart explains: likely a genuine tuner "
+                "or application fault, not the GPU.", ev,
                 advice=(f"look at the tuner backend and the application's own log: "
                         f"docker logs --tail 100 {c.name}", *advice),
             )
+        healer = healing_restart(c)
+        if healer is not None:
+            return _healed(host, c, healer, ev, advice)
         return Verdict("healthy", Status.HEALTHY, f"NVML works inside {c.name}.", ev,
                        advice=advice)
 
@@ -510,7 +640,8 @@ def container_verdict(host: HostFacts, c: ContainerFacts) -> Verdict:
 
 
 def _device_lost(c: ContainerFacts, evidence: tuple[str, ...], *, certain: bool) -> Verdict:
-    how = ("its device cgroup no longer allows the NVIDIA device nodes" if certain
+    how = ("the kernel no longer lets its processes open the NVIDIA device nodes (its device "
+           "cgroup refuses them)" if certain
            else "most likely its GPU device access was revoked (systemd daemon-reload under "
            "the systemd cgroup driver; cgroup v2 does not show the rules)")
     return Verdict(
@@ -583,6 +714,12 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             "last_systemd_reload": _json_time(host.last_reload),
             "findings": [f.to_json() for f in d.host_findings],
         },
+        "history": {
+            "source": d.facts.history.source,
+            "where": d.facts.history.where or None,
+            "as_of": _json_time(d.facts.history.as_of),
+            "error": d.facts.history.error,
+        },
         "containers": [_container_json(r) for r in d.containers],
     }
 
@@ -604,6 +741,10 @@ def _container_json(r: ContainerReport) -> dict[str, Any]:
             "output": probe.output,
         },
         "device_access_ok": c.device_access_ok,
+        "device_check": None if c.device_check is None else {
+            "access": c.device_check.access.value, "reason": c.device_check.reason,
+        },
+        "scope_device_allow": c.scope_device_allow,
         "library_version": c.library_version,
         "logs": {
             "patterns": list(c.logs.patterns),
@@ -614,7 +755,31 @@ def _container_json(r: ContainerReport) -> dict[str, Any]:
             "last_at": _json_time(c.logs.last_at),
             "error": c.logs.error,
         },
+        "history": [{**e.to_json(), "at": _json_time(e.at)} for e in c.history],
+        "given_up_at": _json_time(c.given_up_at),
     }
+
+
+def history_source(h: HistoryFacts, now: float) -> str:
+    """Where the daemon's history came from, and how old it is, in words."""
+    if h.source == "daemon":
+        return f"from the running daemon (control socket in {h.where})"
+    if h.source == "journal" and h.as_of is not None:
+        newest = _age(max(0.0, now - h.as_of))
+        return (f"from gpuwatchd's records in the journal, the newest {newest} old "
+                "(no daemon answered, no state file)")
+    if h.source == "state file" and h.as_of is not None:
+        age = max(0.0, now - h.as_of)
+        return f"from the state file {h.where}, written {_age(age)} ago (no daemon answered)"
+    return f"none ({h.error or 'not read'})"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 _HEADLINE = {
@@ -682,6 +847,7 @@ def render_text(d: Diagnosis) -> str:
     else:
         out.append(f"  docker: unavailable ({dk.error})")
     out.append(f"  last systemd reload: {_when(host.last_reload)}")
+    out.append(f"  gpuwatchd history: {history_source(d.facts.history, host.now)}")
     for f in d.host_findings:
         out.append(f"  -- {f.cause} ({f.status.value})")
         seen = (f.fix_now, f.fix_for_good) in shown_fixes or (

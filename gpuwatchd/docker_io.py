@@ -53,6 +53,11 @@ class ContainerInfo:
     uses_gpu: bool = False
     expects_nvidia_device: bool = False  #: it was given /dev/nvidia* or GPUs at creation
     log_driver: str = "json-file"
+    image: str = ""  #: the image reference it was created from (``Config.Image``)
+    paused: bool = False  #: State.Paused
+    cgroup_parent: str = ""  #: HostConfig.CgroupParent ("" is Docker's default)
+    #: The host path given as the container's /dev/nvidiactl with --device ("" when none).
+    nvidiactl_on_host: str = ""
 
     @property
     def short_id(self) -> str:
@@ -201,6 +206,12 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         uses_gpu=uses_gpu,
         expects_nvidia_device=expects_device,
         log_driver=str((host.get("LogConfig") or {}).get("Type", "json-file")),
+        image=str(config.get("Image") or ""),
+        paused=bool(state.get("Paused")),
+        cgroup_parent=str(host.get("CgroupParent") or ""),
+        nvidiactl_on_host=next(
+            (str(d.get("PathOnHost", "")) for d in devices
+             if d.get("PathInContainer") == "/dev/nvidiactl"), ""),
     )
 
 
@@ -246,6 +257,7 @@ def summary_info(summary: Mapping[str, Any]) -> ContainerInfo:
         status=str(summary.get("State", "unknown")),
         started_at=0.0,
         labels=MappingProxyType(dict(summary.get("Labels") or {})),
+        image=str(summary.get("Image") or ""),
     )
 
 

@@ -162,6 +162,7 @@ class ContainerWatched:
     state: ContainerState
     started_at: float
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    image: str = ""  #: the image reference it was created from (picks a profile)
 
 
 @dataclass(frozen=True)
@@ -321,9 +322,15 @@ Event = (
 
 @dataclass(frozen=True)
 class Emit:
-    """Write this record."""
+    """Write this record.
+
+    ``fold`` False: the record led to an action (a probe, a restart, a
+    persistence change, a remediation record), so it is written at once and
+    never folded (:meth:`gpuwatchd.records.RecordFolder.offer`).
+    """
 
     record: Record
+    fold: bool = True
 
 
 @dataclass(frozen=True)

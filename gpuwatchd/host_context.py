@@ -25,15 +25,18 @@ from typing import Any
 
 from gpuwatchd.classify import classify_probe, summarize_output
 from gpuwatchd.config import Config
+from gpuwatchd.device_check_run import device_access, scope_device_allow
 from gpuwatchd.diagnose import (
     GPU_CDI,
     GPU_DEVICE,
     GPU_LEGACY_HOOK,
     GPU_NVIDIA_RUNTIME,
+    START_MARGIN,
     ContainerFacts,
     DockerFacts,
     Facts,
     GpuFact,
+    HistoryFacts,
     HostFacts,
     LogFacts,
     NvmlFacts,
@@ -45,11 +48,17 @@ from gpuwatchd.docker_io import (
     DockerGateway,
     DockerUnavailable,
     container_info,
-    device_access_ok,
     one_line,
     parse_docker_time,
 )
 from gpuwatchd.patterns import first_match
+from gpuwatchd.state_store import (
+    MAX_HISTORY,
+    HistoryEntry,
+    PersistedState,
+    read_state_file,
+    state_path,
+)
 
 PERSISTENCED = "nvidia-persistenced"
 #: How far back the logs are read, and at most how many lines.
@@ -60,9 +69,6 @@ LIB_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib/aarch64-linux-gnu"
 _LIB_VERSION = re.compile(r"^libnvidia-ml\.so\.(\d+\.\d+(?:\.\d+)?)$")
 _MODULE_VERSION = re.compile(r"Kernel Module\s+(?:for \S+\s+)?(\d+\.\d+(?:\.\d+)?)")
 _DRIVER_VERSION = re.compile(r"Driver Version:\s*(\d+\.\d+(?:\.\d+)?)")
-#: Log lines this many seconds before the container's StartedAt still count as
-#: "since the last start".
-START_SLACK = 1.0
 #: A bound on the one external command run (systemctl show).
 SYSTEMCTL_TIMEOUT = 5.0
 
@@ -266,6 +272,7 @@ def gpu_methods(attrs: Mapping[str, Any], default_runtime: str | None = None) ->
 def scan_logs(raw: bytes, patterns: Sequence[Any], started_at: float) -> LogFacts:
     """Match timestamped ``docker logs`` output against the patterns (pure)."""
     scanned = matches = since = 0
+    times: list[float] = []
     last_line: str | None = None
     last_at: float | None = None
     for line in raw.decode("utf-8", errors="replace").splitlines():
@@ -278,14 +285,18 @@ def scan_logs(raw: bytes, patterns: Sequence[Any], started_at: float) -> LogFact
             at = parse_docker_time(stamp)
         except ValueError:
             at = 0.0
-        # The engine stamps StartedAt only after the process runs, so a line logged
-        # at once can carry an earlier time: allow START_SLACK.
-        if at >= started_at - START_SLACK:
+        # The engine stamps StartedAt only after the process runs, so the line
+        # that led to a restart can carry a time just after the new start: only
+        # lines START_MARGIN past it belong to this run.
+        if at > started_at + START_MARGIN:
             since += 1
+        if at:
+            times.append(at)
         last_line, last_at = text.strip()[:300], at or None
     return LogFacts(
         patterns=tuple(p.source for p in patterns), scanned=scanned, matches=matches,
         matches_since_start=since, last_line=last_line, last_at=last_at,
+        match_times=tuple(times),
     )
 
 
@@ -299,7 +310,7 @@ def container_facts(
         DockerUnavailable: the engine stopped answering.
     """
     info: ContainerInfo = container_info(attrs)
-    settings = config.for_container(info.name)
+    settings = config.for_container(info.name, info.image)
     patterns = tuple(settings.patterns)
     try:
         raw = gateway.recent_logs(info.id, since=now - LOG_WINDOW, tail=LOG_TAIL)
@@ -320,13 +331,113 @@ def container_facts(
             command=settings.probe_command, result=result, exit_code=outcome.exit_code,
             output=excerpt, driver_version=version.group(1) if version else None,
         )
-    access = device_access_ok(info, proc=proc) if info.status == "running" else None
+    check = device_access(info, proc=proc) if info.status in ("running", "paused") else None
+    allow = scope_device_allow(info.id) if docker.cgroup_driver == "systemd" else None
     lib = library_version(proc / str(info.pid) / "root") if info.pid > 0 else None
     return ContainerFacts(
         name=info.name, id=info.id, status=info.status, started_at=info.started_at,
         gpu_methods=gpu_methods(attrs, docker.default_runtime), probe=probe,
-        device_access_ok=access, library_version=lib, logs=logs,
+        device_access_ok=None if check is None else check.ok, device_check=check,
+        scope_device_allow=allow, library_version=lib, logs=logs,
     )
+
+
+# --------------------------------------------------------------------------
+# What the daemon saw and did
+
+
+@dataclass(frozen=True)
+class History:
+    """The daemon's history of every container, and where it came from."""
+
+    facts: HistoryFacts
+    entries: Mapping[str, tuple[HistoryEntry, ...]]
+    given_up: Mapping[str, float]
+
+
+#: The records that say what gpuwatchd did, and the history event each one is.
+JOURNAL_EVENTS = {
+    "container_restarted": ("restarted", "GPUWATCHD_CONFIDENCE"),
+    "container_recovered": ("recovered", "GPUWATCHD_RESULT"),
+    "remediation_gave_up": ("gave_up", None),
+}
+
+
+def history_from_journal(entries: Sequence[Mapping[str, Any]]) -> dict[str, tuple[HistoryEntry,
+                                                                                 ...]]:
+    """What gpuwatchd's own journal records say it did (pure): dry-run records
+    and records of other programs are left out; the newest MAX_HISTORY per
+    container are kept, oldest first."""
+    out: dict[str, list[HistoryEntry]] = {}
+    for e in entries:
+        kind = JOURNAL_EVENTS.get(str(e.get("GPUWATCHD_EVENT", "")))
+        name = e.get("CONTAINER_NAME")
+        stamp = getattr(e.get("__REALTIME_TIMESTAMP"), "timestamp", None)
+        if kind is None or not name or e.get("SYSLOG_IDENTIFIER") != "gpuwatchd" \
+                or e.get("GPUWATCHD_DRY_RUN") == "true" or stamp is None:
+            continue
+        event, detail_field = kind
+        detail = e.get(detail_field) if detail_field else None
+        out.setdefault(str(name), []).append(HistoryEntry(
+            float(stamp()), event, str(e.get("GPUWATCHD_CAUSE") or "unknown"),
+            None if detail is None else str(detail)[:64]))
+    return {k: tuple(sorted(v, key=lambda h: h.at)[-MAX_HISTORY:]) for k, v in out.items()}
+
+
+def journal_history(journal_path: str | None = None) -> dict[str, tuple[HistoryEntry, ...]]:
+    """gpuwatchd's records in the system journal of the last LOG_WINDOW, as
+    history; empty when the journal cannot be read. Never raises."""
+    try:
+        from systemd import journal
+    except ImportError:
+        return {}
+    try:
+        if journal_path is not None:
+            reader = journal.Reader(path=journal_path)
+        else:
+            reader = journal.Reader(flags=journal.SYSTEM_ONLY | journal.LOCAL_ONLY)
+        try:
+            reader.add_match(SYSLOG_IDENTIFIER="gpuwatchd")
+            for event in JOURNAL_EVENTS:
+                reader.add_match(GPUWATCHD_EVENT=event)
+            reader.seek_realtime(time.time() - LOG_WINDOW)
+            entries = [dict(e) for _, e in zip(range(10_000), reader, strict=False)]
+        finally:
+            reader.close()
+    except OSError:
+        return {}
+    return history_from_journal(entries)
+
+
+def daemon_history(config: Config, journal_path: str | None = None) -> History:
+    """Ask the running daemon (its control socket); without one, read its state
+    file, without moving or changing anything, and gpuwatchd's records in the
+    journal for the containers the file has no history of. Never raises."""
+    from gpuwatchd.control import ControlError, NoDaemon, request
+
+    runtime = config.daemon.runtime_dir
+    try:
+        doc = request(runtime, {"command": "history"}, timeout=5.0)
+        state = PersistedState.from_json(doc["state"])
+        return History(HistoryFacts("daemon", str(runtime), float(doc["now"])),
+                       state.history, state.given_up)
+    except (NoDaemon, ControlError, OSError, KeyError, TypeError, ValueError) as exc:
+        daemon_error = one_line(exc)
+    path = state_path(config.daemon.state_dir)
+    journal = journal_history(journal_path)
+    try:
+        state, mtime = read_state_file(path)
+    except FileNotFoundError:
+        problem = f"no daemon answered ({daemon_error}) and no state file at {path}"
+    except (OSError, ValueError) as exc:
+        problem = f"no daemon answered ({daemon_error}); state file {path}: {one_line(exc)}"
+    else:
+        merged = {**journal, **state.history}
+        return History(HistoryFacts("state file", str(path), mtime), merged, state.given_up)
+    if journal:
+        newest = max(e.at for entries in journal.values() for e in entries)
+        return History(HistoryFacts("journal", "gpuwatchd's records", newest), journal, {})
+    return History(HistoryFacts(error=problem), {}, {})
 
 
 # --------------------------------------------------------------------------
@@ -406,10 +517,23 @@ def gather(
             )
         except DockerUnavailable as exc:
             return Facts(_with_docker(host, DockerFacts(available=False, error=str(exc))))
-        return Facts(host, containers)
+        history = daemon_history(config, sources.journal_path)
+        containers = tuple(
+            replace(c, history=history.entries.get(c.name, ()),
+                    given_up_at=_in_force(history.given_up.get(c.name), config, now))
+            for c in containers
+        )
+        return Facts(host, containers, history.facts)
     finally:
         if own and gateway is not None:
             gateway.close()
+
+
+def _in_force(given_up_at: float | None, config: Config, now: float) -> float | None:
+    """A give-up holds for one window (a stopped daemon has not re-armed it yet)."""
+    if given_up_at is None or given_up_at + config.remediation.window <= now:
+        return None
+    return given_up_at
 
 
 def _with_docker(host: HostFacts, docker: DockerFacts) -> HostFacts:

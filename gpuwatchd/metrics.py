@@ -152,8 +152,22 @@ class _StatusCollector(Collector):
             "gpuwatchd_container_paused",
             "1 while remediation of the container is paused", labels=["container"],
         )
+        action = GaugeMetricFamily(
+            "gpuwatchd_container_action",
+            "1 for what a proven fault gets (restart, or notify: never restarted), 0 for the other",
+            labels=["container", "action"],
+        )
+        profile = GaugeMetricFamily(
+            "gpuwatchd_container_profile_info",
+            "always 1: the container's application profile (none: the global patterns)",
+            labels=["container", "profile"],
+        )
         for c in core.get("containers") or ():
             name = str(c.get("name"))
+            mode = str(c.get("action") or "restart")
+            for value in ("restart", "notify"):
+                action.add_metric([name, value], 1.0 if value == mode else 0.0)
+            profile.add_metric([name, str(c.get("profile") or "none")], 1.0)
             last = c.get("last_probe_result")
             for value in PROBE_RESULTS:
                 result.add_metric([name, value], 1.0 if value == last else 0.0)
@@ -162,7 +176,7 @@ class _StatusCollector(Collector):
             restarts.add_metric([name], float(c.get("restarts_in_window") or 0))
             given_up.add_metric([name], _flag(c.get("given_up_at") is not None))
             paused.add_metric([name], _flag(c.get("paused")))
-        yield from (result, probed, restarts, given_up, paused)
+        yield from (result, probed, restarts, given_up, paused, action, profile)
 
     def describe(self) -> Iterable[Metric]:
         # Describing would call collect(); nothing needs the names in advance.

@@ -2,11 +2,18 @@
 
 ``[notify] command = [...]`` runs a program (argv only, never a shell) with one
 JSON document on its stdin; ``[notify] webhook = "https://…"`` POSTs the same
-document. Only the events in :data:`NOTIFY_EVENTS` are sent. Delivery runs in
-tasks on the daemon's event loop (the command as an asyncio subprocess, the
-webhook through ``urllib`` in a worker thread), each bounded by
-``notify.timeout`` and at most :data:`MAX_CONCURRENT` at once, so a slow or
-hung receiver never holds the daemon up. A failure becomes a ``notify_failed``
+document. Only the events in :data:`NOTIFY_EVENTS` are sent. Each target is one
+delivery, run as a child process in its own process group (the command itself;
+the webhook as ``python -m gpuwatchd.deliver``, which follows no redirect), at
+most :data:`MAX_CONCURRENT` at once. ``notify.timeout`` is a total deadline per
+delivery: at it, the whole process group is killed, so a receiver that trickles
+one byte at a time, a command that ignores SIGTERM, or anything they started,
+ends there, and no thread is ever left behind. A group is also killed when its
+leader exits: nothing a delivery started outlives it. At most
+:data:`STDERR_CAP` bytes of stderr are kept. Beyond :data:`MAX_PENDING`
+deliveries waiting or running, a new one is dropped and recorded; at shutdown
+:meth:`Notifier.close` waits a grace period, then cancels (kills) the rest and
+records each one. A failure becomes a ``notify_failed``
 record, never an exception; ``notify_failed`` itself is never sent, so a
 broken receiver cannot cause a storm of notifications about itself.
 
@@ -20,15 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gpuwatchd import __version__
 from gpuwatchd.config import NotifyConfig
 from gpuwatchd.records import Record, make_record
 
@@ -48,8 +56,12 @@ MAX_CONCURRENT = 4
 #: Deliveries waiting or running; beyond this a record is dropped (and that
 #: is recorded), so a receiver that never answers cannot grow memory forever.
 MAX_PENDING = 64
-#: Bytes of a failing command's stderr kept in the ``notify_failed`` record.
+#: Bytes of a delivery's stderr kept at most (the rest is read and dropped).
+STDERR_CAP = 4096
+#: Characters of that stderr shown in the ``notify_failed`` record.
 STDERR_EXCERPT = 300
+#: Seconds :meth:`Notifier.close` allows cancelled deliveries to kill and reap.
+KILL_GRACE = 5.0
 
 RecordSink = Callable[[Record], None]
 ConfigSource = NotifyConfig | Callable[[], NotifyConfig]
@@ -98,74 +110,108 @@ class NotifyError(Exception):
     """One delivery failed; ``str()`` is one line for the ``notify_failed`` record."""
 
 
-async def run_command(argv: tuple[str, ...], payload: bytes, limit: float) -> None:
-    """Run ``argv`` with ``payload`` on stdin and let it run at most ``limit`` seconds.
+async def _read_capped(stream: asyncio.StreamReader, cap: int) -> bytes:
+    """Read ``stream`` to its end, keeping only the first ``cap`` bytes (the rest is
+    read and dropped, so the writer never blocks on a full pipe)."""
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        if len(kept) < cap:
+            kept += chunk[: cap - len(kept)]
+    return bytes(kept)
 
-    The program's stdout is discarded; its stderr is kept for the error. A
-    program still running at the timeout (or when the task is cancelled) is
-    killed and reaped. (``limit`` is not a cancellation scope: the
-    process must be killed, not just abandoned.)
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+async def run_child(
+    argv: Sequence[str], payload: bytes, limit: float, what: str,
+    env: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    """Run ``argv`` in a new process group with ``payload`` on stdin, for at most
+    ``limit`` seconds in all; return its exit status and a one-line stderr excerpt.
+
+    The group is killed when the leader exits, at the deadline, and when the
+    task is cancelled; the leader is always reaped. stdout is discarded.
 
     Raises:
-        NotifyError: the program could not start, timed out, or exited non-zero.
+        NotifyError: the program could not start, or was killed at the deadline.
     """
-    name = argv[0]
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # a signal to the daemon's group must not reach it
+            start_new_session=True,  # its own group: killable whole, apart from the daemon's
+            env=env,
         )
     except OSError as exc:
-        raise NotifyError(f"command {name} could not start: {exc.strerror or exc}") from None
+        raise NotifyError(f"{what} could not start: {exc.strerror or exc}") from None
+
+    async def talk() -> tuple[int, bytes]:
+        assert proc.stdin is not None and proc.stderr is not None
+        reader = asyncio.ensure_future(_read_capped(proc.stderr, STDERR_CAP))
+        try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                proc.stdin.write(payload)
+                await proc.stdin.drain()
+            proc.stdin.close()
+            status = await proc.wait()
+            _kill_group(proc.pid)  # whatever it left behind ends with it (and stderr ends)
+            return status, await reader
+        finally:
+            reader.cancel()
+
     try:
-        _out, err = await asyncio.wait_for(proc.communicate(payload), limit)
+        status, err = await asyncio.wait_for(talk(), limit)
     except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
-        raise NotifyError(f"command {name} timed out after {limit:g}s and was killed") from None
+        raise NotifyError(f"{what} timed out after {limit:g}s and was killed") from None
     finally:
         if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            _kill_group(proc.pid)
             # asyncio's child watcher reaps it even if this wait is cancelled.
             await proc.wait()
-    if proc.returncode != 0:
-        detail = _one_line(err.decode(errors="replace"), STDERR_EXCERPT)
+    return status, _one_line(err.decode(errors="replace"), STDERR_EXCERPT)
+
+
+async def run_command(argv: tuple[str, ...], payload: bytes, limit: float) -> None:
+    """Run the notification command ``argv`` with ``payload`` on stdin (see :func:`run_child`).
+
+    Raises:
+        NotifyError: the program could not start, timed out, or exited non-zero.
+    """
+    name = argv[0]
+    status, detail = await run_child(argv, payload, limit, f"command {name}")
+    if status != 0:
         raise NotifyError(
-            f"command {name} exited with status {proc.returncode}"
-            + (f": {detail}" if detail else "")
+            f"command {name} exited with status {status}" + (f": {detail}" if detail else "")
         )
 
 
-def post_webhook(url: str, payload: bytes, timeout: float) -> None:
-    """POST ``payload`` (JSON) to ``url``; blocking, so run it in a thread.
+def _child_env() -> dict[str, str]:
+    """The daemon's environment, with this package importable by the child."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    return env
+
+
+async def post_webhook(url: str, payload: bytes, limit: float) -> None:
+    """POST ``payload`` (JSON) to ``url`` from a child process (:mod:`gpuwatchd.deliver`),
+    ended at ``limit`` seconds in all. The URL goes to the child on stdin.
 
     Raises:
-        NotifyError: no connection, a timeout, or an answer other than 2xx.
+        NotifyError: no connection, a malformed answer, a redirect, an answer other
+        than 2xx, or the deadline; the URL shown without its path or query.
     """
-    request = urllib.request.Request(
-        url,
-        data=payload,
-        method="POST",
-        headers={
-            "Content-Type": "application/json; charset=utf-8",
-            "User-Agent": f"gpuwatchd/{__version__}",
-        },
-    )
-    shown = redact_url(url)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            status = int(answer.status)
-    except urllib.error.HTTPError as exc:
-        exc.close()  # it holds the connection open
-        raise NotifyError(f"webhook {shown} answered HTTP {exc.code}") from None
-    except urllib.error.URLError as exc:
-        raise NotifyError(f"webhook {shown} failed: {exc.reason}") from None
-    except (TimeoutError, OSError) as exc:
-        raise NotifyError(f"webhook {shown} failed: {exc or type(exc).__name__}") from None
-    if not 200 <= status < 300:
-        raise NotifyError(f"webhook {shown} answered HTTP {status}")
+    shown = f"webhook {redact_url(url)}"
+    job = json.dumps({"url": url, "body": payload.decode(), "timeout": limit}).encode()
+    argv = (sys.executable, "-m", "gpuwatchd.deliver")
+    status, detail = await run_child(argv, job, limit, shown, env=_child_env())
+    if status != 0:
+        raise NotifyError(f"{shown} {detail or f'failed (exit status {status})'}")
 
 
 class Notifier:
@@ -185,6 +231,7 @@ class Notifier:
         self.host = host or socket.gethostname()
         self._slots: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     @property
     def config(self) -> NotifyConfig:
@@ -195,47 +242,60 @@ class Notifier:
         """Schedule the deliveries for ``record`` (on the event loop; never blocks).
 
         Ignores records outside :data:`NOTIFY_EVENTS` and does nothing when
-        neither a command nor a webhook is configured.
+        neither a command nor a webhook is configured. After :meth:`close`, and
+        for each delivery beyond :data:`MAX_PENDING`, records ``notify_failed``
+        instead.
         """
         if record.event not in NOTIFY_EVENTS:
             return
         config = self.config
-        if not config.command and not config.webhook:
+        targets = self._targets(config)
+        if not targets:
             return
-        if len(self._tasks) >= MAX_PENDING:
-            self._failed(record, f"{len(self._tasks)} notifications pending; "
-                                 f"{record.event} dropped")
+        if self._closing:
+            self._failed(record, "not sent: gpuwatchd is stopping")
             return
         payload = json.dumps(
             notification_document(record, host=self.host), ensure_ascii=False
         ).encode()
-        task = asyncio.get_running_loop().create_task(
-            self._deliver(record, payload, config), name=f"notify-{record.event}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        loop = asyncio.get_running_loop()
+        for label, send in targets:
+            if len(self._tasks) >= MAX_PENDING:
+                self._failed(record, f"{MAX_PENDING} notifications pending; {label} dropped")
+                continue
+            task = loop.create_task(self._deliver(record, label, send(payload)),
+                                    name=f"notify-{record.event}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, record: Record, payload: bytes, config: NotifyConfig) -> None:
+    @staticmethod
+    def _targets(
+        config: NotifyConfig,
+    ) -> list[tuple[str, Callable[[bytes], Coroutine[Any, Any, None]]]]:
+        out: list[tuple[str, Callable[[bytes], Coroutine[Any, Any, None]]]] = []
+        if config.command:
+            out.append((f"command {config.command[0]}",
+                        lambda p: run_command(config.command, p, config.timeout)))
+        if config.webhook:
+            out.append((f"webhook {redact_url(config.webhook)}",
+                        lambda p: post_webhook(config.webhook, p, config.timeout)))
+        return out
+
+    async def _deliver(
+        self, record: Record, label: str, send: Coroutine[Any, Any, None]
+    ) -> None:
         if self._slots is None:
             self._slots = asyncio.Semaphore(MAX_CONCURRENT)
-        async with self._slots:
-            if config.command:
-                try:
-                    await run_command(config.command, payload, config.timeout)
-                except NotifyError as exc:
-                    self._failed(record, str(exc))
-            if config.webhook:
-                try:
-                    # The thread gives up at the timeout; wait_for is the backstop.
-                    await asyncio.wait_for(
-                        asyncio.to_thread(post_webhook, config.webhook, payload, config.timeout),
-                        config.timeout + 1.0,
-                    )
-                except NotifyError as exc:
-                    self._failed(record, str(exc))
-                except TimeoutError:
-                    self._failed(record, f"webhook {redact_url(config.webhook)} timed out "
-                                         f"after {config.timeout:g}s")
+        try:
+            async with self._slots:
+                await send
+        except NotifyError as exc:
+            self._failed(record, str(exc))
+        except asyncio.CancelledError:
+            self._failed(record, f"{label} not delivered: gpuwatchd is stopping")
+            raise
+        finally:
+            send.close()  # never started when cancelled while waiting for a slot
 
     def _failed(self, record: Record, error: str) -> None:
         self._record(
@@ -248,9 +308,22 @@ class Notifier:
         )
 
     async def drain(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for deliveries in flight (at shutdown)."""
+        """Wait up to ``grace`` seconds for deliveries in flight."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
+
+    async def close(self, grace: float) -> None:
+        """At shutdown: send nothing new, wait up to ``grace`` seconds for deliveries
+        in flight, then cancel the rest (their processes are killed) and record each.
+
+        Returns within about ``grace`` + :data:`KILL_GRACE` seconds.
+        """
+        self._closing = True
+        await self.drain(grace)
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=KILL_GRACE)
 
     @property
     def pending(self) -> int:
@@ -270,5 +343,6 @@ __all__ = [
     "notification_document",
     "post_webhook",
     "redact_url",
+    "run_child",
     "run_command",
 ]

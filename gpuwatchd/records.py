@@ -16,7 +16,10 @@ The log sink adds ``timestamp`` (ISO 8601 with milliseconds), ``level`` and
 
 :class:`RecordFolder` is the pure storm guard: identical records about the
 same container within a short interval are folded into one with a count, so
-journald's rate limit never hides the important ones.
+journald's rate limit never hides the important ones. Only true repeats are
+folded: a record that led to an action, and the action's record, are written
+at once, and whatever was held back about that container is written before
+the action's record.
 """
 
 from __future__ import annotations
@@ -209,6 +212,18 @@ _ENTRIES: tuple[EventSpec, ...] = (
         None,
         ("at",),
     ),
+    EventSpec(
+        "reload_will_break",
+        _L.WARNING,
+        "the next systemd daemon-reload will revoke a container's GPU access: Docker's "
+        "systemd cgroup driver and a scope whose DeviceAllow= lacks the NVIDIA nodes "
+        "(once per container)",
+        "the next systemctl daemon-reload will revoke GPU access in {container}: its scope "
+        "allows no NVIDIA device node; {advice}",
+        "e67c3763d1a14fb689491cd0553425a8",
+        ("device_allow", "advice"),
+        foldable=False,
+    ),
     # -- probes and logs -------------------------------------------------------
     EventSpec(
         "probe_failed",
@@ -254,7 +269,7 @@ _ENTRIES: tuple[EventSpec, ...] = (
         "restarted {container} (cause {cause}, restart {attempt} of {max_restarts} "
         "in the window; dry run: {dry_run})",
         "ae942c6d94624b0e92879d50930b6925",
-        ("attempt", "max_restarts"),
+        ("attempt", "max_restarts", "matches"),
         foldable=False,
     ),
     EventSpec(
@@ -264,7 +279,7 @@ _ENTRIES: tuple[EventSpec, ...] = (
         "probe-less container stayed running and silent (result unverified)",
         "{container} recovered ({result}) after {elapsed}s",
         "f3ff77b4260d4c33bf935fcfaca2f4ab",
-        ("elapsed",),
+        ("elapsed", "matches"),
         foldable=False,
     ),
     EventSpec(
@@ -273,17 +288,18 @@ _ENTRIES: tuple[EventSpec, ...] = (
         "a restart failed, or the container did not verify within verify_timeout",
         "remediation of {container} failed: {result} {error}",
         "486e2eefc1d94f5c9ac5038b406a6988",
-        ("error", "state"),
+        ("error", "state", "matches"),
         foldable=False,
     ),
     EventSpec(
         "remediation_skipped",
         _L.WARNING,
         "a fault was found but gpuwatchd will not restart: reason host_cause "
-        "(with advice; once per window), orchestrated (once), paused, not_running",
+        "(with advice; once per window), notify_only (action = notify; with advice; once "
+        "per window per cause), orchestrated (once), paused, not_running",
         "not restarting {container}: {reason}. {advice}",
         "a77c4bd8079d43edb1b3be9de0c335f7",
-        ("reason", "advice", "state"),
+        ("reason", "advice", "state", "matches"),
         ("reason", "cause"),
     ),
     EventSpec(
@@ -410,6 +426,13 @@ MESSAGE_IDS: Mapping[str, str] = MappingProxyType(
     {s.name: s.message_id for s in _ENTRIES if s.message_id is not None}
 )
 
+#: What keeps a daemon-reload from revoking a container's GPU access.
+RELOAD_ADVICE = (
+    "give the container its GPUs through CDI (--device nvidia.com/gpu=all), or run "
+    "`nvidia-ctk system create-dev-char-symlinks --create-all`, or switch Docker to the "
+    "cgroupfs driver; until then a restart after each reload restores access"
+)
+
 #: Where a host cause cannot be cured by a container restart: what to do instead.
 ADVICE: Mapping[str, str] = MappingProxyType(
     {
@@ -418,6 +441,22 @@ ADVICE: Mapping[str, str] = MappingProxyType(
         "and seating.",
         "driver_not_loaded": "The NVIDIA kernel module is not loaded: reload it "
         "(modprobe nvidia) or reboot the host.",
+    }
+)
+
+
+#: What to do about a fault in a container whose action is "notify" (by cause;
+#: ``{container}`` is filled in). Each restarts the container only when its job allows.
+NOTIFY_ADVICE: Mapping[str, str] = MappingProxyType(
+    {
+        "persistence_off": "Persistence mode was off and the driver idled; it is on again "
+        "now (enforce_persistence). Restart {container} when its job allows: "
+        "docker restart {container}.",
+        "device_access_lost": "A systemd daemon-reload revoked the container's GPU access; "
+        "running processes keep working, new ones fail. Restart {container} when its job "
+        "allows: docker restart {container}.",
+        "unknown": "NVML fails inside {container}. Restart it when its job allows: "
+        "docker restart {container}; `gpuwatchd diagnose {container}` names the cause.",
     }
 )
 
@@ -498,7 +537,17 @@ def short_id(container_id: str) -> str:
 class _Group:
     ends: float  #: the current interval's end
     suppressed: int = 0  #: occurrences folded in this interval
+    held: int = 0  #: records folded in this interval
     last: Record | None = None  #: the latest folded record, the summary's template
+
+    def summary(self) -> Record | None:
+        """What stands for the held records: None when none is held, the record
+        itself when only one is, else the latest with the total count, folded."""
+        if self.last is None:
+            return None
+        if self.held == 1:
+            return self.last
+        return self.last.with_fields(count=self.suppressed, folded=True)
 
 
 class RecordFolder:
@@ -511,8 +560,15 @@ class RecordFolder:
     the interval ends, one summary is returned: the latest duplicate with
     ``count`` = the occurrences it stands for (each record counts as its own
     ``count``, default 1) and ``folded = true``. A storm therefore yields at
-    most one record per kind per interval. Critical records and events marked
-    not foldable always pass straight through.
+    most one record per kind per interval; a summary of a single record is
+    that record, unchanged (never ``count = 1, folded = true``).
+
+    Some records always pass straight through, never folded: critical ones,
+    events the catalogue marks not foldable (the records of gpuwatchd's own
+    actions), and any offered with ``fold = False`` (a record that led to an
+    action). Before a catalogue-unfoldable record about a container, what is
+    held about that container is written (so a restart's reasons come before
+    it) and its groups start afresh.
 
     Call :meth:`due` when :meth:`next_deadline` passes (and :meth:`flush` at
     shutdown) so summaries are not held back indefinitely.
@@ -536,14 +592,21 @@ class RecordFolder:
             *(record.get(k) for k in spec.fold_keys),
         )
 
-    def offer(self, record: Record, now: float) -> list[Record]:
+    def offer(self, record: Record, now: float, *, fold: bool = True) -> list[Record]:
         """Take one record; return what should be written now, in order.
 
-        The result holds any summaries whose interval has ended, then
-        ``record`` itself unless it was folded.
+        The result holds any summaries whose interval has ended, then (before
+        an action's record) what is held about its container, then ``record``
+        itself unless it was folded.
         """
         out = self.due(now)
         if record.level is Level.CRITICAL or not record.spec.foldable:
+            container = record.get("container")
+            if container is not None:
+                out += self._release(container)
+            out.append(record)
+            return out
+        if not fold:
             out.append(record)
             return out
         key = self.key(record)
@@ -554,7 +617,21 @@ class RecordFolder:
             return out
         count = record.get("count")
         group.suppressed += count if isinstance(count, int) and count > 0 else 1
+        group.held += 1
         group.last = record
+        return out
+
+    def _release(self, container: FieldValue) -> list[Record]:
+        """What is held about ``container``, in the order it was first held; its groups
+        are forgotten."""
+        out: list[Record] = []
+        for key, group in list(self._groups.items()):
+            if key[1] != container:
+                continue
+            summary = group.summary()
+            if summary is not None:
+                out.append(summary)
+            del self._groups[key]
         return out
 
     def due(self, now: float) -> list[Record]:
@@ -568,20 +645,17 @@ class RecordFolder:
         for key, group in list(self._groups.items()):
             if now < group.ends:
                 continue
-            if group.last is None:
+            summary = group.summary()
+            if summary is None:
                 del self._groups[key]
                 continue
-            out.append(group.last.with_fields(count=group.suppressed, folded=True))
+            out.append(summary)
             self._groups[key] = _Group(ends=max(now, group.ends) + self.interval)
         return out
 
     def flush(self) -> list[Record]:
         """Every pending summary now, regardless of intervals; forgets all groups."""
-        out = [
-            g.last.with_fields(count=g.suppressed, folded=True)
-            for g in self._groups.values()
-            if g.last is not None
-        ]
+        out = [s for s in (g.summary() for g in self._groups.values()) if s is not None]
         self._groups.clear()
         return out
 

@@ -3,12 +3,21 @@
 Stored as versioned JSON in ``<state_dir>/state.json``::
 
     {
-      "version": 1,
+      "version": 2,
       "restarts": {"KonomiTV": [1767139200.5, ...]},   # wall-clock epoch seconds
       "given_up": {"KonomiTV": 1767139500.0},
       "paused": {"*": null, "other": 1767143100.0},    # "*" = everything; null = no end
-      "gpu_last_disabled": {"GPU-1234...": 1767139100.0}
+      "gpu_last_disabled": {"GPU-1234...": 1767139100.0},
+      "history": {"KonomiTV": [{"at": 1767139200.9, "event": "restarted",
+                                "cause": "persistence_off", "confidence": "certain"}, ...]}
     }
+
+``history`` is what gpuwatchd did to each container, newest last, at most
+:data:`MAX_HISTORY` entries each: ``restarted`` (with the cause and its
+confidence), ``recovered`` (with the cause and the verification result) and
+``gave_up`` (with the cause). ``gpuwatchd diagnose`` reads it when no daemon
+answers. Version 1 files (no ``history``) are still read, so an upgrade keeps
+every budget, give-up and pause.
 
 Keys are container *names* (budgets follow the name across recreations);
 ``gpu_last_disabled`` is keyed by GPU UUID. All times are wall-clock epoch
@@ -40,7 +49,13 @@ from typing import Any
 
 from gpuwatchd.config import MAX_DURATION
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+#: Older versions this reader still takes (their missing keys read as empty).
+READABLE_VERSIONS = frozenset({1, 2})
+#: Entries of history kept per container (the newest).
+MAX_HISTORY = 16
+#: What a history entry may say happened.
+HISTORY_EVENTS = frozenset({"restarted", "recovered", "gave_up"})
 #: A state file larger than this is not ours: real ones are a few KiB.
 MAX_STATE_BYTES = 1 << 20
 #: How far past the wall clock a recorded time may lie (clock steps, NTP).
@@ -57,6 +72,40 @@ def _empty() -> Mapping[Any, Any]:
 
 
 @dataclass(frozen=True)
+class HistoryEntry:
+    """One thing gpuwatchd did to a container: ``event`` (one of
+    :data:`HISTORY_EVENTS`) at ``at`` (epoch seconds), for ``cause``;
+    ``detail`` is the confidence of a restart or the result of a recovery."""
+
+    at: float
+    event: str
+    cause: str
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"at": self.at, "event": self.event, "cause": self.cause}
+        if self.detail is not None:
+            doc["detail"] = self.detail
+        return doc
+
+    @classmethod
+    def from_json(cls, where: str, doc: object, latest: float) -> HistoryEntry:
+        """Parse one entry.
+
+        Raises:
+            ValueError: not an entry of the documented shape.
+        """
+        if not isinstance(doc, dict) or set(doc) - {"at", "event", "cause", "detail"}:
+            raise ValueError(f"'{where}' is not a history entry")
+        event, cause, detail = doc.get("event"), doc.get("cause"), doc.get("detail")
+        if event not in HISTORY_EVENTS or not isinstance(cause, str) or len(cause) > 64:
+            raise ValueError(f"'{where}' is not a history entry")
+        if detail is not None and (not isinstance(detail, str) or len(detail) > 64):
+            raise ValueError(f"'{where}.detail' is not a short string")
+        return cls(_time(f"{where}.at", doc.get("at"), latest), event, cause, detail)
+
+
+@dataclass(frozen=True)
 class PersistedState:
     """An immutable snapshot of what the core keeps across daemon restarts.
 
@@ -66,12 +115,14 @@ class PersistedState:
     None for "until resumed".
     ``gpu_last_disabled``: when each GPU (by UUID) was last seen with
     persistence mode Disabled.
+    ``history``: what gpuwatchd did to each container, oldest first.
     """
 
     restarts: Mapping[str, tuple[float, ...]] = field(default_factory=_empty)
     given_up: Mapping[str, float] = field(default_factory=_empty)
     paused: Mapping[str, float | None] = field(default_factory=_empty)
     gpu_last_disabled: Mapping[str, float] = field(default_factory=_empty)
+    history: Mapping[str, tuple[HistoryEntry, ...]] = field(default_factory=_empty)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document for this state, with ``version``."""
@@ -81,18 +132,19 @@ class PersistedState:
             "given_up": dict(sorted(self.given_up.items())),
             "paused": dict(sorted(self.paused.items())),
             "gpu_last_disabled": dict(sorted(self.gpu_last_disabled.items())),
+            "history": {k: [e.to_json() for e in v] for k, v in sorted(self.history.items())},
         }
 
     @classmethod
     def from_json(cls, doc: object, *, now: float | None = None) -> PersistedState:
-        """Parse a version-1 document.
+        """Parse a document of any of :data:`READABLE_VERSIONS`.
 
         With ``now`` (epoch seconds), times later than ``now`` plus
         :data:`CLOCK_SLACK` are refused (a pause may end up to a year ahead):
         a restart "in the future" would hold a budget spent for ever.
 
         Raises:
-            StateVersionError: when the version is not :data:`STATE_VERSION`.
+            StateVersionError: when the version is not one of :data:`READABLE_VERSIONS`.
             ValueError: when the document is not a valid state (any wrong shape
                 rejects the whole file: half a budget is worse than none).
         """
@@ -103,9 +155,12 @@ class PersistedState:
         version = doc.get("version")
         if not isinstance(version, int) or isinstance(version, bool):
             raise ValueError("no integer 'version'")
-        if version != STATE_VERSION:
+        if version not in READABLE_VERSIONS:
             raise StateVersionError(version)
-        unknown = set(doc) - {"version", "restarts", "given_up", "paused", "gpu_last_disabled"}
+        keys = {"version", "restarts", "given_up", "paused", "gpu_last_disabled"}
+        if version >= 2:
+            keys.add("history")
+        unknown = set(doc) - keys
         if unknown:
             raise ValueError(f"unknown key(s) {sorted(unknown)}")
         restarts = {
@@ -123,11 +178,18 @@ class PersistedState:
             k: _time(f"gpu_last_disabled.{k}", v, past)
             for k, v in _object(doc, "gpu_last_disabled").items()
         }
+        history = {}
+        for name, entries in _object(doc, "history").items():
+            if not isinstance(entries, list):
+                raise ValueError(f"'history.{name}' is not a list")
+            parsed = [HistoryEntry.from_json(f"history.{name}", e, past) for e in entries]
+            history[name] = tuple(sorted(parsed, key=lambda e: e.at)[-MAX_HISTORY:])
         return cls(
             MappingProxyType(restarts),
             MappingProxyType(given_up),
             MappingProxyType(paused),
             MappingProxyType(disabled),
+            MappingProxyType(history),
         )
 
 
@@ -186,6 +248,20 @@ def _read_regular(path: Path) -> bytes:
     if len(data) > MAX_STATE_BYTES:
         raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
     return data
+
+
+def read_state_file(path: Path) -> tuple[PersistedState, float]:
+    """Read the state file as it is, for a reader that must change nothing
+    (``diagnose``); returns the state and the file's modification time.
+
+    Raises:
+        FileNotFoundError: no file.
+        ValueError: not a usable state file (see :func:`load_state`).
+        OSError: it cannot be read.
+    """
+    data = _read_regular(path)
+    mtime = path.stat().st_mtime
+    return PersistedState.from_json(json.loads(data), now=time.time()), mtime
 
 
 def state_path(state_dir: Path) -> Path:

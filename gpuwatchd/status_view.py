@@ -8,6 +8,7 @@ document from an older or newer daemon.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -74,7 +75,20 @@ def _container_state(c: Mapping[str, Any], now: float) -> str:
         words.append(f"remediating: {c['remediation']}" + (f" (cause {cause})" if cause else ""))
     if c.get("orchestrated"):
         words.append("orchestrated: never restarted")
+    if c.get("action") == "notify":
+        words.append("notify only: never restarted")
     return ", ".join(words)
+
+
+def _profile_lines(containers: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each container's profile and the patterns its log lines are matched against."""
+    lines = ["", "Profiles and log patterns:"]
+    for c in containers:
+        patterns = ", ".join(json.dumps(p, ensure_ascii=False) for p in c.get("patterns") or ())
+        lines.append(f"  {c.get('name') or NONE}: profile {c.get('profile') or NONE}, "
+                     f"action {c.get('action') or 'restart'}; "
+                     f"patterns: {patterns or 'none (probes only)'}")
+    return lines
 
 
 def degraded(doc: Mapping[str, Any]) -> list[str]:
@@ -144,6 +158,7 @@ def render_status(doc: Mapping[str, Any], now: float) -> str:
                 for c in containers
             ],
         )
+        lines += _profile_lines(containers)
     else:
         lines.append("  none (check [watch] in the configuration)")
     return "\n".join(lines) + "\n"

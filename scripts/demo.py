@@ -111,14 +111,15 @@ class Stream:
                 self._changed.wait(min(remaining, 0.5))
 
 
-def run_cli(args: list[str], env: dict[str, str]) -> int:
-    """Run ``gpuwatchd ARGS``, show the command and its output, return its status."""
+def run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``gpuwatchd ARGS``, show the command and its output; return its status
+    and its standard output."""
     print(paint(f"$ gpuwatchd {' '.join(args)}", "1"), flush=True)
     proc = subprocess.run([sys.executable, "-m", "gpuwatchd", *args], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     sys.stdout.write(proc.stdout + proc.stderr)
     print(paint(f"(exit status {proc.returncode})", "2"), flush=True)
-    return proc.returncode
+    return proc.returncode, proc.stdout
 
 
 def write_config(path: Path, work: Path, token: str) -> None:
@@ -204,13 +205,16 @@ def demo(work: Path, token: str, cleanups: list[Callable[[], None]]) -> None:
     step("gpuwatchd status: the daemon's own view")
     run_cli(["status", "--config", str(config)], env)
     step("gpuwatchd diagnose: the whole investigation in one command")
-    help_rc = subprocess.run([sys.executable, "-m", "gpuwatchd", "diagnose", "--help"],
-                             env=env, capture_output=True, check=False, timeout=60).returncode
-    if help_rc == 0:
-        run_cli(["diagnose", "--config", str(config), konomi.name], env)
-    else:
-        print("(skipped: this version of gpuwatchd has no diagnose command)")
-    step("Done: gpuwatchd found the real cause behind ER-05 and healed it. Cleaning up.")
+    rc, out = run_cli(["diagnose", "--config", str(config), konomi.name], env)
+    # The demo checks itself: diagnose must name the cause just healed, with
+    # the lasting fix, and never blame the tuner.
+    verdict = next((line for line in out.splitlines() if line.startswith("verdict:")), "")
+    if rc != 0 or not verdict.startswith("verdict: healed:") or \
+            "for persistence_off" not in verdict or "not_gpu" in out or \
+            "nvidia-persistence-mode.service" not in out:
+        raise DemoFailed(f"diagnose did not name the healed cause (exit {rc}): {verdict!r}")
+    step("Done: the real cause behind ER-05 was persistence mode off; gpuwatchd healed it "
+         "and diagnose says so, with the lasting fix. Cleaning up.")
 
 
 def _mkdir(path: Path) -> Path:

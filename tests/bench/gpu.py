@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from docker.models.containers import Container
 NVIDIA_MAJOR = 195
 NVIDIACTL_MINOR = 255
 DEVICE_RULE = f"c {NVIDIA_MAJOR}:{NVIDIACTL_MINOR} rwm"
+#: Where these machines mount the cgroup2 hierarchy (beside the v1 controllers).
+CGROUP2_MOUNT = Path("/sys/fs/cgroup/unified")
 
 #: Where things appear inside a container (as the NVIDIA container toolkit puts them).
 CONTAINER_LIB = "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"
@@ -277,6 +280,55 @@ class GpuController:
     def restore_device_access(self, container: Container) -> None:
         """Allows the device node again without a restart (``devices.allow``)."""
         self._write_device_rule(container, "devices.allow")
+
+    def revoke_device_access_v2(self, container: Container) -> None:
+        """Denies the running container its NVIDIA device nodes the cgroup v2 way.
+
+        Attaches a ``BPF_PROG_TYPE_CGROUP_DEVICE`` program denying char major
+        195 to the container's cgroup2 directory with ``BPF_F_ALLOW_MULTI``,
+        beside runc's own, as systemd's ``sd_devices`` program does on a
+        daemon-reload: every attached program must allow an open, so opening
+        ``/dev/nvidiactl`` inside fails with EPERM while ``/dev/null`` works.
+        The host and the v1 ``devices.list`` are untouched; ``docker restart``
+        gives the container a new cgroup and so restores access.
+
+        Raises:
+            RuntimeError: when the container is not running, has no cgroup2
+                directory, or the kernel refuses the program.
+        """
+        self._cgdevdeny("attach", self.cgroup2_dir(container))
+
+    def restore_device_access_v2(self, container: Container) -> int:
+        """Detaches the programs :meth:`revoke_device_access_v2` attached (only those).
+
+        Returns how many were detached (0 when none, e.g. after a restart).
+        """
+        return int(self._cgdevdeny("detach", self.cgroup2_dir(container)))
+
+    def v2_denials(self, container: Container) -> int:
+        """How many of the bench's deny programs the container's cgroup2 directory has."""
+        return int(self._cgdevdeny("count", self.cgroup2_dir(container)))
+
+    @staticmethod
+    def cgroup2_dir(container: Container) -> Path:
+        """The container's cgroup2 directory: its ``0::`` line under the cgroup2 mount."""
+        container.reload()
+        pid = int(container.attrs["State"]["Pid"])
+        if pid <= 0:
+            raise RuntimeError(f"container {container.name} is not running")
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return CGROUP2_MOUNT / line[3:].lstrip("/")
+        raise RuntimeError(f"container {container.name} has no cgroup2 directory")
+
+    def _cgdevdeny(self, command: str, directory: Path) -> str:
+        tool = self.nvidia_smi.parent / "cgdevdeny"
+        proc = subprocess.run(
+            [str(tool), command, str(directory)], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"cgdevdeny {command} {directory}: {proc.stderr.strip()}")
+        return proc.stdout.strip() or "0"
 
     @staticmethod
     def _write_device_rule(container: Container, control: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from docker.models.containers import Container
@@ -17,6 +19,7 @@ from tests.bench import (
     log_lines,
     wait_for,
 )
+from tests.bench.gpu import NVIDIA_MAJOR, NVIDIACTL_MINOR
 
 pytestmark = pytest.mark.docker
 
@@ -125,6 +128,53 @@ def test_revoked_device_access_then_restart(gpu: GpuController, konomi: Containe
     wait_lines(konomi, len(log_lines(konomi)), 1, ONAIR_LINE)
     assert "No such device or address" in exec_output(konomi, "head", "-c1", "/dev/nvidiactl")[1]
     assert exec_output(konomi, "nvidia-smi", "-L")[0] == 0
+
+
+def devices_list(container: Container) -> str:
+    """The container's cgroup v1 ``devices.list`` (these machines are hybrid)."""
+    pid = int(container.attrs["State"]["Pid"])
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "devices" in controllers.split(","):
+            return Path(f"/sys/fs/cgroup/devices{path}/devices.list").read_text()
+    raise AssertionError(f"{container.name} has no v1 devices cgroup")
+
+
+def test_v2_revoked_device_access_then_restart(gpu: GpuController, konomi: Container) -> None:
+    """The cgroup v2 model: a second device program denies major 195 beside runc's.
+
+    EPERM on the node while /dev/null works, Unknown Error, ER-05; the host
+    and the v1 devices.list are untouched; a restart alone heals.
+    """
+    assert "No such device or address" in exec_output(konomi, "head", "-c1", "/dev/nvidiactl")[1]
+    gpu.revoke_device_access_v2(konomi)
+    assert gpu.v2_denials(konomi) == 1
+    code, out = exec_output(konomi, "head", "-c1", "/dev/nvidiactl")
+    assert code != 0 and "Operation not permitted" in out
+    assert exec_output(konomi, "head", "-c1", "/dev/null") == (0, "")
+    code, out = exec_output(konomi, "nvidia-smi", "-L")
+    assert (code, out.strip()) == (255, "Failed to initialize NVML: Unknown Error")
+    wait_lines(konomi, len(log_lines(konomi)), 1, ER05_LINE)
+    assert f"c {NVIDIA_MAJOR}:{NVIDIACTL_MINOR} rwm" in devices_list(konomi)
+    assert host_smi_ok(gpu)
+    with pytest.raises(OSError) as exc:  # the host reaches the node as before: no driver behind
+        os.open(gpu.device_node, os.O_RDONLY)
+    assert exc.value.errno == errno.ENXIO
+    konomi.restart(timeout=10)
+    wait_lines(konomi, len(log_lines(konomi)), 1, ONAIR_LINE)
+    assert gpu.v2_denials(konomi) == 0
+    assert "No such device or address" in exec_output(konomi, "head", "-c1", "/dev/nvidiactl")[1]
+    assert exec_output(konomi, "nvidia-smi", "-L")[0] == 0
+
+
+def test_v2_restore_detaches_every_denial(gpu: GpuController, konomi: Container) -> None:
+    """Cleanup without a restart: detach removes each program the bench attached, and only once."""
+    gpu.revoke_device_access_v2(konomi)
+    gpu.revoke_device_access_v2(konomi)
+    assert gpu.v2_denials(konomi) == 2
+    assert gpu.restore_device_access_v2(konomi) == 2
+    assert gpu.restore_device_access_v2(konomi) == 0
+    assert "No such device or address" in exec_output(konomi, "head", "-c1", "/dev/nvidiactl")[1]
 
 
 @pytest.mark.parametrize(

@@ -14,11 +14,17 @@
 #   WORKLOAD_INTERVAL  seconds between tasks (default 1; fractions allowed)
 #   WORKLOAD_PROBE     1: run nvidia-smi (konomi image); 0: never (nosmi image)
 #   WORKLOAD_HISTORY   how many ER-05 lines history mode prints (default 3)
+#   WORKLOAD_APP       whose lines a failed task prints (the app's own log lines
+#                      when CUDA or NVML is gone): konomitv (ER-05, the default),
+#                      konomitv-er06, konomitv-e09hn, jellyfin, emby, plex
+#                      (nothing useful), frigate, immich-ml, ollama, pytorch,
+#                      tdarr, generic; tuner_fault and history modes print them too
 
 live="gr041-1080p"
 ok="[INFO] [Live: $live] [Status: ONAir] ストリーミングを開始しました。"
 er05="[INFO] [Live: $live] [Status: Restart] チューナーとの接続が切断されました。エンコードタスクを再起動しています… (ER-05)"
 mode="${WORKLOAD_MODE:-normal}"
+app="${WORKLOAD_APP:-konomitv}"
 interval="${WORKLOAD_INTERVAL:-1}"
 history="${WORKLOAD_HISTORY:-3}"
 probe="${WORKLOAD_PROBE:-1}"
@@ -44,6 +50,39 @@ case "$mode" in
     *) echo "workload: unknown WORKLOAD_MODE '$mode'" >&2; exit 2 ;;
 esac
 
+# The lines each app prints when CUDA or NVML is gone, as its users report them.
+fault_lines() {
+    case "$app" in
+        konomitv) echo "$er05" ;;
+        konomitv-er06)
+            echo "[INFO] [Live: $live] [Status: Restart] エンコーダーが強制終了されました。エンコードタスクを再起動しています… (ER-06)" ;;
+        konomitv-e09hn)
+            echo "[DEBUG] [NVEncC] CUDA not available."
+            echo "[INFO] [Live: $live] [Status: Offline] お使いの PC 環境は NVEncC エンコーダーに対応していません。(E-09HN)" ;;
+        jellyfin|emby)
+            echo "[ERR] [42] MediaBrowser.MediaEncoding.Transcoding.TranscodeManager: FFmpeg exited with code 187" ;;
+        plex)
+            echo "Jobs: '/usr/lib/plexmediaserver/Plex Transcoder' exit code for process 1234 is 1 (failure)" ;;
+        frigate)
+            echo "[ffmpeg.front.detect] ERROR : [AVHWDeviceContext @ 0x55d0c0a0] cu->cuInit(0) failed -> CUDA_ERROR_UNKNOWN: unknown error" ;;
+        immich-ml)
+            echo "[E:onnxruntime:Default, cuda_call.cc:123 CudaCall] CUDA failure 999: unknown error ; GPU=0 ; expr=cudaSetDevice(info_.device_id);" ;;
+        ollama)
+            echo 'time=2025-01-28T16:57:48.900Z level=WARN source=gpu.go:605 msg="unknown error initializing cuda driver library /usr/lib/x86_64-linux-gnu/libcuda.so.1: cuda driver library init failure: 999"'
+            echo 'time=2025-01-28T16:57:48.901Z level=INFO source=gpu.go:377 msg="no compatible GPUs were discovered"' ;;
+        pytorch)
+            echo "RuntimeError: CUDA unknown error - this may be due to an incorrectly set up environment, e.g. changing env variable CUDA_VISIBLE_DEVICES after program start. Setting the available devices to be zero." ;;
+        tdarr)
+            echo "[hevc_nvenc @ 0x5601] dl_fn->cuda_dl->cuInit(0) failed -> CUDA_ERROR_NO_DEVICE: no CUDA-capable device is detected" ;;
+        generic) echo "Failed to initialize NVML: Unknown Error" ;;
+    esac
+}
+
+case "$app" in
+    konomitv|konomitv-er06|konomitv-e09hn|jellyfin|emby|plex|frigate|immich-ml|ollama|pytorch|tdarr|generic) ;;
+    *) echo "workload: unknown WORKLOAD_APP '$app'" >&2; exit 2 ;;
+esac
+
 echo "[INFO] [Live: $live] [Status: Standby] ライブストリームを開始しています…"
 
 encode_task() {
@@ -55,7 +94,7 @@ encode_task() {
     # with docker exec, never this log.
     FAKE_NVML_NO_HANG=1 nvidia-smi -L >/dev/null 2>&1 &
     child=$!
-    if wait "$child"; then echo "$ok"; else echo "$er05"; fi
+    if wait "$child"; then echo "$ok"; else fault_lines; fi
     child=""
 }
 
@@ -63,9 +102,9 @@ n=0
 while :; do
     n=$((n + 1))
     if [ "$mode" = tuner_fault ]; then
-        echo "$er05"
+        fault_lines
     elif [ "$mode" = history ] && [ "$n" -le "$history" ]; then
-        echo "$er05"
+        fault_lines
     else
         encode_task
     fi

@@ -88,6 +88,19 @@ def watched(watch_label: str) -> dict[str, str]:
     return {watch_label: "1"}
 
 
+#: The bench's two ways to revoke a container's device access: a cgroup v1
+#: devices.deny rule, and a cgroup v2 device program beside the container's own.
+DEVICE_MODELS = ("v1", "v2")
+
+
+@pytest.fixture(params=DEVICE_MODELS)
+def revoke(request: pytest.FixtureRequest, gpu: GpuController) -> Callable[[Container], None]:
+    """Revokes device access under one failure model; a test using it runs under both."""
+    if request.param == "v1":
+        return gpu.revoke_device_access
+    return gpu.revoke_device_access_v2
+
+
 def started_at(container: Container) -> str:
     container.reload()
     return str(container.attrs["State"]["StartedAt"])

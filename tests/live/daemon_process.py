@@ -33,6 +33,8 @@ class DaemonProcess:
                  nofile: int | None = None) -> None:
         """``nofile``: the daemon's soft RLIMIT_NOFILE (systemd's default is 1024)."""
         self.config_path = config_path
+        #: The daemon's environment (the bench GPU's, for commands run beside it).
+        self.env = {**os.environ, **env}
         self.records: list[Record] = []
         self.other_lines: list[str] = []
         self._lock = threading.Lock()
@@ -40,7 +42,7 @@ class DaemonProcess:
         cmd = [sys.executable, "-m", "gpuwatchd", "run", "--config", str(config_path),
                "--log-format", "json", *extra_args]
         self.proc = subprocess.Popen(
-            cmd, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+            cmd, env=self.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             preexec_fn=None if nofile is None else lambda: _soft_nofile(nofile),
         )

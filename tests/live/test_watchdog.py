@@ -136,17 +136,21 @@ def test_tuner_fault_is_not_a_gpu_fault(
 def test_revoked_device_access_restarts_once_without_touching_persistence(
     engine: Engine, gpu: GpuController, make_container: Callable[..., Container],
     start_daemon: Callable[..., DaemonProcess], watched: dict[str, str],
+    revoke: Callable[[Container], None],
 ) -> None:
-    """The daemon-reload cause: one restart, persistence untouched, cause device_access_lost."""
+    """The daemon-reload cause, no reload seen: one restart, persistence untouched,
+    cause device_access_lost, certain (the kernel refused the open)."""
     gpu.set_persistence(True)
     konomi = make_container("konomi", labels=watched)
     healthy(konomi)
     daemon = start_daemon(FAST)
     daemon.wait_for("watch_set_changed", container=konomi.name, timeout=20)
     gpu.clear_calls()
-    gpu.revoke_device_access(konomi)
+    revoke(konomi)
     restarted = daemon.wait_for("container_restarted", container=konomi.name, timeout=30)
     assert restarted["cause"] == "device_access_lost"
+    assert restarted["confidence"] == "certain"
+    assert not daemon.find("systemd_reload_detected")
     daemon.wait_for("container_recovered", container=konomi.name, timeout=60)
     assert not gpu.calls("nvmlDeviceSetPersistenceMode")
     assert gpu.persistence() == [True]

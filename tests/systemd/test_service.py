@@ -410,6 +410,35 @@ def test_daemon_reload_probes_every_watched_container_at_once(
     assert rc == 0, out
 
 
+def test_kernel_check_under_the_unit_proves_a_v2_revoke_without_a_reload(
+    service: Service, konomi: Container, gpu: GpuController
+) -> None:
+    """The shipped unit lets the device-access helper join a container's cgroups.
+
+    The daemon runs in the box's PID namespace, where the container's PID from
+    ``inspect`` names no process of it; the helper finds the container's cgroup
+    from its ID under the cgroup mounts (the box shares the host's cgroup
+    namespace) and opens the host node the container was given. With a v2
+    device program denying the node and no reload seen, the cause is
+    device_access_lost, certain; nothing is left in the container's cgroups.
+    """
+    name = str(konomi.name)
+    service.write_config(config_text(name, probe_interval="2s", start_grace="1s"))
+    gpu.set_persistence(True)
+    service.start()
+    service.wait_record("watch_set_changed", 20, CONTAINER_NAME=name)
+    unified = gpu.cgroup2_dir(konomi)
+    before = (unified / "cgroup.procs").read_text().split()
+    gpu.revoke_device_access_v2(konomi)
+    restarted = service.wait_record("container_restarted", 60, CONTAINER_NAME=name)
+    assert restarted["GPUWATCHD_CAUSE"] == "device_access_lost", restarted
+    assert restarted["GPUWATCHD_CONFIDENCE"] == "certain", restarted
+    assert not service.records("systemd_reload_detected")
+    service.wait_record("container_recovered", 60, CONTAINER_NAME=name)
+    assert before  # the container had processes there; the helper left none of its own
+    assert not [p for p in unified.parent.iterdir() if p.name.startswith("gpuwatchd-device")]
+
+
 # -- 6. the hardening in force ------------------------------------------------------------------
 
 

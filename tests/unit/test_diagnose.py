@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from dataclasses import dataclass, field, replace
 
 import pytest
 
+from gpuwatchd.device_check import Access, AccessCheck, verdict_for_open
 from gpuwatchd.diagnose import (
     GPU_CDI,
     GPU_DEVICE,
     GPU_LEGACY_HOOK,
+    GPU_NVIDIA_RUNTIME,
     ContainerFacts,
     DockerFacts,
     Facts,
@@ -54,11 +57,22 @@ def host(
 def container(
     result: ProbeResult | None = ProbeResult.OK, *, access: bool | None = True,
     methods: tuple[str, ...] = (GPU_DEVICE,), matches: int = 0, status: str = "running",
+    check: AccessCheck | None = None, scope: str | None = None,
 ) -> ContainerFacts:
     probe = None if result is None else ProbeFacts(("nvidia-smi", "-L"), result, 0, "")
     logs = LogFacts(("(ER-05)",), 100, matches, matches,
                     "... (ER-05)" if matches else None, STARTED + 60 if matches else None)
-    return ContainerFacts(NAME, "f" * 64, status, STARTED, methods, probe, access, None, logs)
+    if check is not None:
+        access = check.ok
+    return ContainerFacts(NAME, "f" * 64, status, STARTED, methods, probe, access, None, logs,
+                          device_check=check, scope_device_allow=scope)
+
+
+KERNEL_LOST = verdict_for_open(errno.EPERM)
+KERNEL_ALLOWED = verdict_for_open(errno.ENXIO)
+KERNEL_PAUSED = AccessCheck(Access.CANNOT_TELL, "it is paused")
+SCOPE_WITHOUT = "DeviceAllow=/dev/null rwm\nDeviceAllow=char-pts rw"
+SCOPE_WITH = SCOPE_WITHOUT + "\nDeviceAllow=/dev/nvidiactl rw"
 
 
 @dataclass(frozen=True)
@@ -156,6 +170,33 @@ CASES = [
          container(methods=(GPU_CDI,)), "healthy", ExitCode.OK),
     Case("cgroupfs driver + legacy hook: not at risk", host(),
          container(methods=(GPU_LEGACY_HOOK,)), "healthy", ExitCode.OK),
+    # The kernel check: certain evidence on cgroup v1 and v2 alike.
+    Case("kernel refuses the open, no reload seen (v2)", host(),
+         container(UNKNOWN, check=KERNEL_LOST), "device_access_lost", ExitCode.PROBLEM,
+         fix_now=(f"docker restart {NAME}",), advice_has="create-dev-char-symlinks"),
+    Case("kernel allows the open, persistence off: the field report", host(persistence=False),
+         container(UNKNOWN, check=KERNEL_ALLOWED), "persistence_off", ExitCode.PROBLEM,
+         findings=("persistence_off",)),
+    Case("kernel allows the open after a reload: not the reload", host(reload=STARTED + 10),
+         container(UNKNOWN, check=KERNEL_ALLOWED), "unknown", ExitCode.PROBLEM),
+    Case("paused: cannot tell, the reload still points at it", host(reload=STARTED + 10),
+         container(UNKNOWN, check=KERNEL_PAUSED), "device_access_lost", ExitCode.PROBLEM),
+    Case("kernel refuses, version mismatch on the host: the host first",
+         host(failure="version_mismatch"), container(ProbeResult.VERSION_MISMATCH,
+                                                     check=KERNEL_LOST),
+         "version_mismatch", ExitCode.PROBLEM, findings=("version_mismatch",)),
+    Case("kernel allows, tuner ER-05 while NVML works: not the GPU", host(),
+         container(matches=2, check=KERNEL_ALLOWED), "not_gpu", ExitCode.PROBLEM),
+    # Sharper prevention: the scope's DeviceAllow= read.
+    Case("systemd scope lacks the NVIDIA nodes: the next reload will break it",
+         host(cgroup_driver="systemd"), container(methods=(GPU_LEGACY_HOOK,), scope=SCOPE_WITHOUT),
+         "healthy", ExitCode.OK, findings=("reload_will_break",),
+         advice_has="create-dev-char-symlinks"),
+    Case("--runtime nvidia, scope unread: at risk", host(cgroup_driver="systemd"),
+         container(methods=(GPU_NVIDIA_RUNTIME,)), "healthy", ExitCode.OK,
+         findings=("reload_risk",)),
+    Case("systemd scope allows the NVIDIA nodes: not at risk", host(cgroup_driver="systemd"),
+         container(methods=(GPU_DEVICE,), scope=SCOPE_WITH), "healthy", ExitCode.OK),
 ]
 
 

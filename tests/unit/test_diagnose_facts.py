@@ -162,23 +162,26 @@ def test_scan_logs_counts_matches_and_the_last_one() -> None:
         b"2025-12-31T10:00:00.000000000Z [INFO] ok\n"
         b"2025-12-31T10:00:01.500000000Z [INFO] x (ER-05)\n"
         b"2025-12-31T11:00:00.000000000Z [INFO] y (ER-05)\n"
+        b"2025-12-31T11:00:03.000000000Z [INFO] z (ER-05)\n"
         b"2025-12-31T11:00:05.000000000Z [INFO] ok\n"
     )
     started = 1767178800.0  # 2025-12-31T11:00:00Z
     logs = scan_logs(raw, (LogPattern("(ER-05)"),), started)
-    assert (logs.scanned, logs.matches, logs.matches_since_start) == (4, 2, 1)
-    assert logs.last_line == "[INFO] y (ER-05)"
-    assert logs.last_at == started
+    assert (logs.scanned, logs.matches, logs.matches_since_start) == (5, 3, 1)
+    assert logs.match_times == (started - 3598.5, started, started + 3)
+    assert logs.last_line == "[INFO] z (ER-05)"
+    assert logs.last_at == started + 3
     assert logs.patterns == ("(ER-05)",)
     assert scan_logs(b"", (LogPattern("re:ER-0[5]"),), 0).matches == 0
 
 
-def test_a_line_logged_just_before_started_at_counts_as_since_the_start() -> None:
-    """The engine records StartedAt after the process runs: its first line may be older."""
-    raw = b"2025-12-31T10:59:59.600000000Z [INFO] y (ER-05)\n"
-    assert scan_logs(raw, (LogPattern("(ER-05)"),), 1767178800.0).matches_since_start == 1
-    raw = b"2025-12-31T10:59:58.000000000Z [INFO] y (ER-05)\n"
-    assert scan_logs(raw, (LogPattern("(ER-05)"),), 1767178800.0).matches_since_start == 0
+def test_a_line_logged_around_started_at_is_not_this_runs() -> None:
+    """The engine stamps StartedAt late, so the line that led to a restart can carry a
+    time just after the new start: only lines START_MARGIN past it are this run's."""
+    for stamp, counted in ((b"10:59:59.600", 0), (b"11:00:01.900", 0), (b"11:00:02.100", 1)):
+        raw = b"2025-12-31T" + stamp + b"000000Z [INFO] y (ER-05)\n"
+        assert scan_logs(raw, (LogPattern("(ER-05)"),), 1767178800.0).matches_since_start \
+            == counted, stamp
 
 
 def test_versions_from_files(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_missing_file_is_empty_state_without_warning(tmp_path: Path) -> None:
         (b'{"version": 1, "paused": []}', "corrupt"),
         (b'{"version": 1, "surprise": {}}', "corrupt"),
         (b'{"version": 0, "restarts": {}}', "unsupported-v0"),  # older
-        (b'{"version": 2, "restarts": {}}', "unsupported-v2"),  # newer
+        (b'{"version": 3, "restarts": {}}', "unsupported-v3"),  # newer
     ],
 )
 def test_bad_file_gives_empty_state_a_warning_and_is_kept(
