@@ -653,7 +653,7 @@ class Daemon:
         if (self._cgroup_driver != "systemd" or not info.expects_nvidia_device
                 or info.id in self._reload_warned):
             return
-        allow = await self._blocking(scope_device_allow, info.id)
+        allow = await self._blocking(scope_device_allow, info)
         if reload_exposure(self._cgroup_driver, (), allow) is ReloadExposure.WILL_BREAK:
             self._reload_warned.add(info.id)
             self._record(make_record(

@@ -179,22 +179,39 @@ def _run(argv: list[str], timeout: float) -> AccessCheck:
     return verdict_for_open(int(err_no) if isinstance(err_no, int) else None)
 
 
+def container_scope(info: ContainerInfo, proc: Path = Path("/proc")) -> str | None:
+    """The systemd scope unit of the container (``docker-<id>.scope``,
+    ``libpod-<id>.scope``), as its init process's ``/proc/<pid>/cgroup`` names
+    it; None when that process is not visible or sits in no such scope."""
+    text = _read(proc / str(info.pid) / "cgroup") if info.pid > 0 else None
+    if not text or not info.id or info.id not in text:
+        return None
+    for line in text.splitlines():
+        for part in reversed(line.split(":", 2)[-1].split("/")):
+            if part.endswith(".scope") and info.id in part:
+                return part
+    return None
+
+
 def scope_device_allow(
-    container_id: str,
+    info: ContainerInfo,
     systemctl: Sequence[str] = ("systemctl",),
     systemd_run_dir: Path = Path("/run/systemd/system"),
     timeout: float = 5.0,
+    proc: Path = Path("/proc"),
 ) -> str | None:
-    """The ``DeviceAllow=`` of the container's scope, ``docker-<id>.scope``, from systemctl.
+    """The ``DeviceAllow=`` of the container's scope (:func:`container_scope`), from systemctl.
 
-    None when it cannot be read: systemd is not the init, the scope is not
-    active (the cgroupfs driver makes none), or ``systemctl`` fails.
+    None when it cannot be read: systemd is not the init, the container has no
+    scope (the cgroupfs driver makes none) or it is not active, or
+    ``systemctl`` fails.
     """
-    if not systemd_run_dir.is_dir():
+    scope = container_scope(info, proc)
+    if scope is None or not systemd_run_dir.is_dir():
         return None
     try:
         shown = subprocess.run(
-            [*systemctl, "show", f"docker-{container_id}.scope",
+            [*systemctl, "show", scope,
              "-p", "DeviceAllow", "-p", "ActiveState"],
             capture_output=True, text=True, timeout=timeout, check=False,
         )

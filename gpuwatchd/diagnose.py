@@ -403,7 +403,7 @@ def host_findings(
             f"{', '.join(doomed)}: the scope's DeviceAllow= lacks the NVIDIA device nodes.",
             (
                 f"docker: CgroupDriver systemd, cgroup v{docker.cgroup_version or '?'}",
-                *(f"{c.name}: docker-{c.id}.scope has {c.scope_device_allow or 'DeviceAllow='}"
+                *(f"{c.name}: its scope has {c.scope_device_allow or 'DeviceAllow='}"
                   for c in containers if c.name in doomed),
                 f"last systemd reload: {_when(host.last_reload)}",
             ),

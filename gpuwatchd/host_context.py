@@ -332,7 +332,7 @@ def container_facts(
             output=excerpt, driver_version=version.group(1) if version else None,
         )
     check = device_access(info, proc=proc) if info.status in ("running", "paused") else None
-    allow = scope_device_allow(info.id) if docker.cgroup_driver == "systemd" else None
+    allow = scope_device_allow(info, proc=proc) if docker.cgroup_driver == "systemd" else None
     lib = library_version(proc / str(info.pid) / "root") if info.pid > 0 else None
     return ContainerFacts(
         name=info.name, id=info.id, status=info.status, started_at=info.started_at,

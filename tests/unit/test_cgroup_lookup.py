@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from gpuwatchd.device_check_run import find_container_cgroup
+from gpuwatchd.device_check_run import container_scope, find_container_cgroup
+from gpuwatchd.docker_io import ContainerInfo
 
 CID = "3f2a9c1d0b7e" + "0" * 52
 OTHER = "9" * 64
@@ -38,3 +40,24 @@ def test_none_when_absent_or_the_id_is_short(tmp_path: Path) -> None:
     (tmp_path / "docker" / CID).mkdir()
     assert find_container_cgroup(str(tmp_path), CID[:12]) is None
     assert find_container_cgroup(str(tmp_path / "missing"), CID) is None
+
+
+@pytest.mark.parametrize(
+    ("cgroup", "scope"),
+    [
+        (f"0::/system.slice/docker-{CID}.scope\n", f"docker-{CID}.scope"),
+        (f"0::/machine.slice/libpod-{CID}.scope/container\n", f"libpod-{CID}.scope"),
+        (f"11:devices:/machine.slice/libpod-{CID}.scope\n1:name=systemd:/x\n",
+         f"libpod-{CID}.scope"),
+        (f"0::/libpod_parent/libpod-{CID}\n", None),  # cgroupfs: no scope
+        (f"0::/system.slice/docker-{OTHER}.scope\n", None),  # another container's
+    ],
+)
+def test_the_scope_is_read_from_proc_whatever_the_engine(
+    tmp_path: Path, cgroup: str, scope: str | None
+) -> None:
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "cgroup").write_text(cgroup)
+    info = ContainerInfo(id=CID, name="c", status="running", started_at=1, pid=42)
+    assert container_scope(info, proc=tmp_path) == scope
+    assert container_scope(replace(info, pid=0), proc=tmp_path) is None
