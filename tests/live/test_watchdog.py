@@ -130,8 +130,8 @@ def test_tuner_fault_is_not_a_gpu_fault(
     assert 1 <= execs <= 3, f"{execs} probes in ~13 s: {recorder.actions}"
 
 
-#: The device-access failure models (cgroup v1 ``devices.deny`` today).  The
-#: cgroup v2 BPF model joins here as a second parameter of this test.
+#: The device-access failure models: the ``revoke`` fixture runs this test under
+#: the cgroup v1 rule and the cgroup v2 program.
 @on_every_engine
 def test_revoked_device_access_restarts_once_without_touching_persistence(
     engine: Engine, gpu: GpuController, make_container: Callable[..., Container],
