@@ -653,7 +653,7 @@ class Daemon:
         if (self._cgroup_driver != "systemd" or not info.expects_nvidia_device
                 or info.id in self._reload_warned):
             return
-        allow = await self._blocking(scope_device_allow, info.id)
+        allow = await self._blocking(scope_device_allow, info)
         if reload_exposure(self._cgroup_driver, (), allow) is ReloadExposure.WILL_BREAK:
             self._reload_warned.add(info.id)
             self._record(make_record(
@@ -913,6 +913,14 @@ class Daemon:
         watched = {cid: info.name for cid, info in self._watched.items()}
         return control_target(name, watched, self.config, paused)
 
+    def _engine_json(self) -> dict[str, str] | None:
+        engine = self._events.engine if self._events is not None else None
+        if engine is None:
+            return None
+        host = (self.config.docker.host or os.environ.get("DOCKER_HOST")
+                or "unix:///var/run/docker.sock")
+        return {"name": engine.name, "version": engine.version, "host": host}
+
     def status_document(self) -> dict[str, Any]:
         """What ``gpuwatchd status`` shows, as plain JSON data."""
         assert self._core is not None
@@ -924,6 +932,7 @@ class Daemon:
             "uptime": round(now - self.started_at, 3),
             "dry_run": self.config.daemon.dry_run,
             "docker_available": self._docker_ok,
+            "engine": self._engine_json(),
             "nvml_available": self._nvml_ok,
             "status": self.status_line(),
             "core": snap.to_json(),

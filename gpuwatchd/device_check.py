@@ -5,7 +5,7 @@ opens the container's ``/dev/nvidiactl`` (see :mod:`gpuwatchd.device_check_run`)
 this module decides everything around it without I/O:
 
 - where the container's cgroups are (:func:`parse_proc_cgroup`,
-  :func:`parse_mountinfo`, :func:`cgroup_candidates`);
+  :func:`parse_mountinfo`);
 - whether it may be joined at all: a paused or frozen container gives
   "cannot tell" before anything joins it (:func:`frozen`), because a process
   that joins a frozen cgroup freezes too;
@@ -109,24 +109,6 @@ def parse_mountinfo(text: str) -> CgroupMounts:
             if "freezer" in options and freezer is None:
                 freezer = point
     return CgroupMounts(unified, devices, freezer)
-
-
-def cgroup_candidates(container_id: str, cgroup_parent: str = "") -> tuple[str, ...]:
-    """Where Docker puts a container's cgroup, relative to a hierarchy's root.
-
-    For a checker in another PID namespace (the container's PID from
-    ``inspect`` means nothing there): the cgroupfs driver's ``/docker/<id>``
-    and the systemd driver's ``/system.slice/docker-<id>.scope``, or the same
-    under a ``--cgroup-parent`` (a path for cgroupfs, a slice for systemd).
-    """
-    if cgroup_parent.endswith(".slice"):
-        # systemd: a-b.slice lives in a.slice/a-b.slice
-        parts = cgroup_parent[: -len(".slice")].split("-")
-        slices = ["-".join(parts[: i + 1]) + ".slice" for i in range(len(parts))]
-        return ("/" + "/".join([*slices, f"docker-{container_id}.scope"]),)
-    if cgroup_parent:
-        return (f"/{cgroup_parent.strip('/')}/{container_id}",)
-    return (f"/docker/{container_id}", f"/system.slice/docker-{container_id}.scope")
 
 
 def frozen(paused: bool, v1_freezer_state: str | None, v2_freeze: str | None) -> bool:

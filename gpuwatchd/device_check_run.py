@@ -14,7 +14,7 @@ Finding the container's cgroups: through its init process's
 ``inspect`` is checked to belong to the container: in another PID namespace,
 as in a container with the host's cgroup namespace, it may be another
 process); otherwise from the container ID under this process's cgroup mounts
-(:func:`~gpuwatchd.device_check.cgroup_candidates`), opening the host node
+(:func:`find_container_cgroup`, whatever the engine), opening the host node
 the container was given.
 
 Bounded: the helper is killed after ``timeout`` and reaped, and a child
@@ -39,7 +39,6 @@ from gpuwatchd.device_check import (
     AccessCheck,
     CgroupMounts,
     ProcCgroups,
-    cgroup_candidates,
     combine,
     frozen,
     parse_mountinfo,
@@ -76,15 +75,43 @@ def locate(info: ContainerInfo, mounts: CgroupMounts, proc: Path = Path("/proc")
     text = _read(proc / str(info.pid) / "cgroup") if info.pid > 0 else None
     if text is not None and info.id in text:
         return Target(parse_proc_cgroup(text), str(proc / str(info.pid) / "root"), CONTAINER_NODE)
-    for rel in cgroup_candidates(info.id, info.cgroup_parent):
-        found = {
-            kind: rel if mount is not None and Path(mount, rel.lstrip("/")).is_dir() else None
-            for kind, mount in (("unified", mounts.unified), ("devices", mounts.devices),
-                                ("freezer", mounts.freezer))
-        }
-        if found["unified"] or found["devices"]:
-            cgroups = ProcCgroups(found["unified"], found["devices"], found["freezer"])
-            return Target(cgroups, None, info.nvidiactl_on_host or "/dev/nvidiactl")
+    found = {
+        kind: find_container_cgroup(mount, info.id) if mount is not None else None
+        for kind, mount in (("unified", mounts.unified), ("devices", mounts.devices),
+                            ("freezer", mounts.freezer))
+    }
+    if found["unified"] or found["devices"]:
+        cgroups = ProcCgroups(found["unified"], found["devices"], found["freezer"])
+        return Target(cgroups, None, info.nvidiactl_on_host or "/dev/nvidiactl")
+    return None
+
+
+def find_container_cgroup(mount: str, container_id: str, max_depth: int = 8) -> str | None:
+    """The shallowest cgroup under ``mount`` whose directory name carries the
+    container's full ID, relative to ``mount`` (``/docker/<id>``,
+    ``/system.slice/docker-<id>.scope``, ``/libpod_parent/libpod-<id>``,
+    ``/machine.slice/libpod-<id>.scope``, or under any cgroup parent); None
+    when there is none.  Found by reading the hierarchy, never built from an
+    engine's naming."""
+    if len(container_id) < 32:
+        return None  # a short ID could name another container's cgroup
+    level = [Path(mount)]
+    for _ in range(max_depth):
+        below: list[Path] = []
+        for directory in level:
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if container_id in entry.name:
+                    return "/" + str(Path(entry.path).relative_to(mount))
+                below.append(Path(entry.path))
+        if not below:
+            return None
+        level = below
     return None
 
 
@@ -152,22 +179,39 @@ def _run(argv: list[str], timeout: float) -> AccessCheck:
     return verdict_for_open(int(err_no) if isinstance(err_no, int) else None)
 
 
+def container_scope(info: ContainerInfo, proc: Path = Path("/proc")) -> str | None:
+    """The systemd scope unit of the container (``docker-<id>.scope``,
+    ``libpod-<id>.scope``), as its init process's ``/proc/<pid>/cgroup`` names
+    it; None when that process is not visible or sits in no such scope."""
+    text = _read(proc / str(info.pid) / "cgroup") if info.pid > 0 else None
+    if not text or not info.id or info.id not in text:
+        return None
+    for line in text.splitlines():
+        for part in reversed(line.split(":", 2)[-1].split("/")):
+            if part.endswith(".scope") and info.id in part:
+                return part
+    return None
+
+
 def scope_device_allow(
-    container_id: str,
+    info: ContainerInfo,
     systemctl: Sequence[str] = ("systemctl",),
     systemd_run_dir: Path = Path("/run/systemd/system"),
     timeout: float = 5.0,
+    proc: Path = Path("/proc"),
 ) -> str | None:
-    """The ``DeviceAllow=`` of the container's scope, ``docker-<id>.scope``, from systemctl.
+    """The ``DeviceAllow=`` of the container's scope (:func:`container_scope`), from systemctl.
 
-    None when it cannot be read: systemd is not the init, the scope is not
-    active (the cgroupfs driver makes none), or ``systemctl`` fails.
+    None when it cannot be read: systemd is not the init, the container has no
+    scope (the cgroupfs driver makes none) or it is not active, or
+    ``systemctl`` fails.
     """
-    if not systemd_run_dir.is_dir():
+    scope = container_scope(info, proc)
+    if scope is None or not systemd_run_dir.is_dir():
         return None
     try:
         shown = subprocess.run(
-            [*systemctl, "show", f"docker-{container_id}.scope",
+            [*systemctl, "show", scope,
              "-p", "DeviceAllow", "-p", "ActiveState"],
             capture_output=True, text=True, timeout=timeout, check=False,
         )

@@ -135,6 +135,8 @@ class DockerFacts:
 
     available: bool = True
     error: str | None = None
+    engine: str | None = None  #: "Docker" or "Podman"
+    engine_version: str | None = None
     cgroup_driver: str | None = None  #: "systemd" or "cgroupfs"
     cgroup_version: str | None = None  #: "1" or "2"
     default_runtime: str | None = None
@@ -401,7 +403,7 @@ def host_findings(
             f"{', '.join(doomed)}: the scope's DeviceAllow= lacks the NVIDIA device nodes.",
             (
                 f"docker: CgroupDriver systemd, cgroup v{docker.cgroup_version or '?'}",
-                *(f"{c.name}: docker-{c.id}.scope has {c.scope_device_allow or 'DeviceAllow='}"
+                *(f"{c.name}: its scope has {c.scope_device_allow or 'DeviceAllow='}"
                   for c in containers if c.name in doomed),
                 f"last systemd reload: {_when(host.last_reload)}",
             ),
@@ -703,6 +705,8 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             "docker": {
                 "available": host.docker.available,
                 "error": host.docker.error,
+                "engine": host.docker.engine,
+                "engine_version": host.docker.engine_version,
                 "cgroup_driver": host.docker.cgroup_driver,
                 "cgroup_version": host.docker.cgroup_version,
                 "default_runtime": host.docker.default_runtime,
@@ -836,7 +840,8 @@ def render_text(d: Diagnosis) -> str:
         out.append("  nvidia-persistenced: not running")
     dk = host.docker
     if dk.available:
-        out.append(f"  docker: cgroup driver {dk.cgroup_driver}, cgroup v{dk.cgroup_version}")
+        out.append(f"  engine: {dk.engine or '?'} {dk.engine_version or '?'}, "
+                   f"cgroup driver {dk.cgroup_driver}, cgroup v{dk.cgroup_version}")
         if not d.containers:
             out.append("  no container to examine (none named, none watched: see [watch])")
     else:

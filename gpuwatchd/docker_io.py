@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +27,9 @@ NVIDIA_MAJOR = 195
 NVIDIACTL_MINOR = 255
 #: Container events that change the watch set (exec_* events are our own probes).
 WATCHED_EVENTS = ["create", "start", "die", "destroy", "rename", "pause", "unpause"]
+#: Engine-specific action names and Docker's names for them (Podman says
+#: ``remove`` where Docker says ``destroy``).
+ACTION_ALIASES = {"remove": "destroy"}
 #: Probe output kept for classification and records; the rest is drained unread.
 MAX_PROBE_OUTPUT = 64 * 1024
 
@@ -71,16 +74,48 @@ class ExecOutcome:
     exec_error: str | None = None  #: the engine refused the exec (message)
 
 
+@dataclass(frozen=True)
+class EngineVersion:
+    """Which engine answers on the socket, and its version."""
+
+    name: str  #: "Docker" or "Podman"
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+def engine_version(doc: Mapping[str, Any]) -> EngineVersion:
+    """The engine named by a ``GET /version`` answer.
+
+    Podman's compat API lists a ``Podman Engine`` component (its ``Version``
+    at the top level is the Docker API level it emulates); Docker's is ``Engine``.
+    """
+    for component in doc.get("Components") or []:
+        if isinstance(component, Mapping) and "podman" in str(component.get("Name", "")).lower():
+            return EngineVersion("Podman", str(component.get("Version") or "unknown"))
+    return EngineVersion("Docker", str(doc.get("Version") or "unknown"))
+
+
 def parse_docker_time(value: str | None) -> float:
-    """Docker's RFC 3339 timestamps (nanoseconds, ``Z``) to epoch seconds; 0 for unset."""
+    """An engine's RFC 3339 timestamp (nanoseconds; ``Z`` or an offset) to epoch seconds.
+
+    Docker writes UTC (``Z``); Podman writes its host's local time with the
+    offset (``+09:00``).  0 for unset.
+
+    Raises:
+        ValueError: when ``value`` is not such a timestamp.
+    """
     if not value or value.startswith("0001-01-01"):
         return 0.0
-    head, _, frac = value.rstrip("Z").partition(".")
-    # Offsets other than Z do not occur in the engine's output; be lenient anyway.
-    for sep in ("+", "-"):
-        if sep in frac:
-            frac = frac.split(sep, 1)[0]
-    seconds = datetime.fromisoformat(head + "+00:00").timestamp()
+    # The date and time are the first 19 characters; fraction and zone follow.
+    head, rest = value[:19], value[19:]
+    frac = ""
+    if rest.startswith("."):
+        digits = len(rest) - len(rest[1:].lstrip("0123456789"))
+        frac, rest = rest[1:digits], rest[digits:]
+    zone = "+00:00" if rest in ("Z", "z", "") else rest
+    seconds = datetime.fromisoformat(head + zone).timestamp()
     return seconds + (float("0." + frac) if frac else 0.0)
 
 
@@ -92,8 +127,52 @@ def _env_value(env: list[str] | None, key: str) -> str | None:
     return None
 
 
+#: File names (prefixes) of what the NVIDIA container toolkit or a CDI spec
+#: mounts into a GPU container.
+NVIDIA_MOUNT_PREFIXES = ("libnvidia-ml.so", "libcuda.so", "nvidia-smi")
+#: The CDI kind prefix of NVIDIA devices (``nvidia.com/gpu=all``).
+NVIDIA_CDI_PREFIX = "nvidia.com/"
+#: Annotation keys that carry CDI device names (Docker's and Podman's).
+CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
+
+
+def _is_nvidia_mount(destination: str) -> bool:
+    return destination.rsplit("/", 1)[-1].startswith(NVIDIA_MOUNT_PREFIXES)
+
+
+def _mount_destinations(attrs: Mapping[str, Any], host: Mapping[str, Any]) -> list[str]:
+    out = [str(m.get("Destination", "")) for m in (attrs.get("Mounts") or [])
+           if isinstance(m, Mapping)]
+    for bind in host.get("Binds") or []:
+        parts = str(bind).split(":")
+        if len(parts) >= 2:
+            out.append(parts[1])
+    return out
+
+
+def _cdi_names(host: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """CDI device names from device requests, device entries and annotations."""
+    names: list[str] = []
+    for req in host.get("DeviceRequests") or []:
+        if req.get("Driver") == "cdi":
+            names += [str(d) for d in req.get("DeviceIDs") or []]
+    names += [str(d.get("PathOnHost", "")) for d in host.get("Devices") or []]
+    for notes in (config.get("Annotations"), host.get("Annotations")):
+        for key, value in (notes or {}).items():
+            if str(key).startswith(CDI_ANNOTATION_PREFIX):
+                names += [v.strip() for v in str(value).split(",")]
+    return [n for n in names if n.startswith(NVIDIA_CDI_PREFIX)]
+
+
 def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
-    """Build a :class:`ContainerInfo` from ``docker inspect`` data."""
+    """Build a :class:`ContainerInfo` from ``docker inspect`` data.
+
+    A container uses a GPU when it was given NVIDIA devices (device entries,
+    GPU or CDI device requests, CDI annotations, the nvidia runtime), a
+    non-void ``NVIDIA_VISIBLE_DEVICES``, or the NVIDIA libraries as mounts.
+    Podman's compat inspect lists none of the devices: :meth:`DockerGateway.inspect`
+    adds what the kernel shows of the running container.
+    """
     state = attrs.get("State") or {}
     host = attrs.get("HostConfig") or {}
     config = attrs.get("Config") or {}
@@ -108,12 +187,14 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         or req.get("Driver") == "nvidia"
         for req in (host.get("DeviceRequests") or [])
     )
+    cdi = bool(_cdi_names(host, config))
     visible = _env_value(config.get("Env"), "NVIDIA_VISIBLE_DEVICES")
+    nvidia_mounts = any(_is_nvidia_mount(d) for d in _mount_destinations(attrs, host))
+    expects_device = nvidia_devices or gpu_requests or cdi or host.get("Runtime") == "nvidia"
     uses_gpu = (
-        gpu_requests
-        or host.get("Runtime") == "nvidia"
+        expects_device
         or (visible is not None and visible.strip().lower() not in ("", "void", "none"))
-        or nvidia_devices
+        or nvidia_mounts
     )
     return ContainerInfo(
         id=str(attrs["Id"]),
@@ -123,7 +204,7 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
         labels=MappingProxyType(dict(config.get("Labels") or {})),
         pid=int(state.get("Pid") or 0),
         uses_gpu=uses_gpu,
-        expects_nvidia_device=nvidia_devices or gpu_requests or host.get("Runtime") == "nvidia",
+        expects_nvidia_device=expects_device,
         log_driver=str((host.get("LogConfig") or {}).get("Type", "json-file")),
         image=str(config.get("Image") or ""),
         paused=bool(state.get("Paused")),
@@ -132,6 +213,39 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
             (str(d.get("PathOnHost", "")) for d in devices
              if d.get("PathInContainer") == "/dev/nvidiactl"), ""),
     )
+
+
+def with_kernel_gpu_facts(info: ContainerInfo, proc: Path = Path("/proc")) -> ContainerInfo:
+    """``info`` with what the kernel shows of its running process: an NVIDIA
+    device node in its /dev (``expects_nvidia_device``), NVIDIA library mounts
+    or device nodes (``uses_gpu``).  Unchanged when not running, or when the
+    PID is not the container's (another PID namespace)."""
+    if info.pid <= 0 or (info.uses_gpu and info.expects_nvidia_device):
+        return info
+    if not _pid_in_container(info.pid, info.id, proc):
+        return info
+    node = _has_nvidia_node(info.pid, proc)
+    mounts = False
+    try:
+        for line in (proc / str(info.pid) / "mountinfo").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 4 and _is_nvidia_mount(fields[4]):
+                mounts = True
+                break
+    except OSError:
+        pass
+    if not (node or mounts):
+        return info
+    return replace(info, uses_gpu=True,
+                   expects_nvidia_device=info.expects_nvidia_device or node)
+
+
+def _has_nvidia_node(pid: int, proc: Path) -> bool:
+    """True when the process's /dev holds /dev/nvidiactl (read through /proc/<pid>/root)."""
+    try:
+        return (proc / str(pid) / "root" / "dev" / "nvidiactl").exists()
+    except OSError:
+        return False
 
 
 def summary_info(summary: Mapping[str, Any]) -> ContainerInfo:
@@ -153,9 +267,11 @@ def device_access_ok(info: ContainerInfo, proc: Path = Path("/proc"),
 
     True or False only on cgroup v1, where ``devices.list`` shows the rules;
     None when it cannot be told (cgroup v2 uses eBPF programs and lists nothing,
-    the container is gone, or it was never given an NVIDIA device).
+    the container is gone, or it was never given an NVIDIA device: neither
+    inspect nor its own /dev shows one).  The cgroup is the one
+    ``/proc/<pid>/cgroup`` names, whatever the engine.
     """
-    if not info.expects_nvidia_device or info.pid <= 0:
+    if info.pid <= 0 or not (info.expects_nvidia_device or _has_nvidia_node(info.pid, proc)):
         return None
     try:
         lines = (proc / str(info.pid) / "cgroup").read_text().splitlines()
@@ -246,10 +362,10 @@ class DockerGateway:
                 client.close()
             self._clients.clear()
 
-    def ping(self) -> str:
-        """The engine's version; raises DockerUnavailable when it does not answer."""
+    def ping(self) -> EngineVersion:
+        """Which engine answers, and its version; raises DockerUnavailable when none does."""
         try:
-            return str(self._client.version().get("Version", "unknown"))
+            return engine_version(self._client.version())
         except DockerError as exc:
             raise DockerUnavailable(one_line(exc)) from exc
 
@@ -284,7 +400,7 @@ class DockerGateway:
     def inspect(self, ref: str) -> ContainerInfo | None:
         """Inspect one container by ID or name; None when it no longer exists."""
         attrs = self.inspect_attrs(ref)
-        return None if attrs is None else container_info(attrs)
+        return None if attrs is None else with_kernel_gpu_facts(container_info(attrs))
 
     def inspect_attrs(self, ref: str) -> dict[str, Any] | None:
         """The raw ``docker inspect`` data of one container; None when it does not exist.
@@ -395,14 +511,19 @@ class DockerGateway:
         return LogStream(raw)
 
     def event_stream(self, since: float | None = None) -> EventStream:
-        """Container events (start, die, destroy, rename, ...) as decoded dicts."""
+        """Container events in :data:`WATCHED_EVENTS` (start, die, destroy, ...) as dicts.
+
+        The engine is asked for container events only and the actions are
+        picked here: Podman before 4.4 refuses ``die`` as a filter and then
+        silently drops those events.
+        """
         try:
             raw = self._stream_client.api.events(
-                since=since, decode=True, filters={"type": "container", "event": WATCHED_EVENTS}
+                since=since, decode=True, filters={"type": "container"}
             )
         except DockerError as exc:
             raise DockerUnavailable(one_line(exc)) from exc
-        return EventStream(raw)
+        return EventStream(raw, actions=frozenset(WATCHED_EVENTS))
 
 
 class _Stream:
@@ -468,12 +589,31 @@ class LogStream(_Stream):
 
 
 class EventStream(_Stream):
+    """Decoded events, their actions in Docker's names (:data:`ACTION_ALIASES`);
+    with ``actions``, only events whose action is one of them."""
+
+    def __init__(self, raw: Any, actions: frozenset[str] | None = None) -> None:
+        super().__init__(raw)
+        self._actions = actions
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
-            yield from self._raw
+            for event in self._raw:
+                action = event_action(event)
+                if action in ACTION_ALIASES:
+                    action = ACTION_ALIASES[action]
+                    event = {**event, "Action": action, "status": action}
+                if self._actions is None or action in self._actions:
+                    yield event
         except DockerError:
             if not self._closed:
                 raise
+
+
+def event_action(event: Mapping[str, Any]) -> str:
+    """An event's action without its detail (``exec_create: sh -c ...`` -> ``exec_create``)."""
+    action = str(event.get("Action") or event.get("status") or "")
+    return action.split(":", 1)[0].strip()
 
 
 def _pid_in_container(pid: int, container_id: str, proc: Path = Path("/proc")) -> bool:

@@ -13,7 +13,13 @@ from typing import Any
 
 from tenacity import Future, Retrying, retry_if_exception_type, wait_exponential
 
-from gpuwatchd.docker_io import DockerGateway, DockerUnavailable, EventStream, StreamThread
+from gpuwatchd.docker_io import (
+    DockerGateway,
+    DockerUnavailable,
+    EngineVersion,
+    EventStream,
+    StreamThread,
+)
 
 EventCallback = Callable[[dict[str, Any]], None]
 StatusCallback = Callable[[bool, str | None], None]  # (connected, error)
@@ -37,9 +43,10 @@ class EventWatcher(StreamThread):
         super().__init__("docker-events")
         self._stream: EventStream | None = None
         self.last_event_at = time.time()  #: for liveness checks
+        self.engine: EngineVersion | None = None  #: the engine of the last connection
 
     def _connect(self) -> EventStream:
-        self._gateway.ping()
+        self.engine = self._gateway.ping()
         return self._gateway.event_stream()
 
     def _run(self) -> None:

@@ -227,12 +227,15 @@ def nvml_facts() -> NvmlFacts:
 
 
 def docker_facts(gateway: DockerGateway) -> DockerFacts:
-    """The engine's cgroup driver and version, or why it did not answer."""
+    """Which engine answered, its version and cgroup driver, or why none answered."""
     try:
+        engine = gateway.ping()
         info = gateway.info()
     except DockerUnavailable as exc:
         return DockerFacts(available=False, error=str(exc))
     return DockerFacts(
+        engine=engine.name,
+        engine_version=engine.version,
         cgroup_driver=_str_or_none(info.get("CgroupDriver")),
         cgroup_version=_str_or_none(info.get("CgroupVersion")),
         default_runtime=_str_or_none(info.get("DefaultRuntime")),
@@ -337,7 +340,7 @@ def container_facts(
             output=excerpt, driver_version=version.group(1) if version else None,
         )
     check = device_access(info, proc=proc) if info.status in ("running", "paused") else None
-    allow = scope_device_allow(info.id) if docker.cgroup_driver == "systemd" else None
+    allow = scope_device_allow(info, proc=proc) if docker.cgroup_driver == "systemd" else None
     lib = library_version(proc / str(info.pid) / "root") if info.pid > 0 else None
     return ContainerFacts(
         name=info.name, id=info.id, status=info.status, started_at=info.started_at,

@@ -115,6 +115,10 @@ def render_status(doc: Mapping[str, Any], now: float) -> str:
     ]
     problems = degraded(doc)
     lines.append("degraded: " + "; ".join(problems) if problems else "degraded: no")
+    engine: Mapping[str, Any] | None = doc.get("engine")
+    if engine:  # the engine of the last connection (absent before the first)
+        lines.append(f"engine: {engine.get('name', '?')} {engine.get('version', '?')} "
+                     f"at {engine.get('host', '?')}")
     if core.get("paused_all"):
         lines.append("remediation PAUSED for every container "
                      + format_until(core.get("paused_all_until"), now))

@@ -6,7 +6,10 @@ Fixture contract (later issues build on these names):
 - ``bench_native`` (session): the built stand-ins only, no Docker (:class:`Bench`).
 - ``bench`` (session): the built stand-ins and imported images (:class:`Bench`).
 - ``gpu`` (function): a fresh simulated GPU world (:class:`GpuController`).
-- ``make_container`` (function): container factory; removes what it made.
+- ``engine`` (function): the engine a test runs against (:class:`Engine`); Docker
+  unless parametrised with ``@on_every_engine`` (Docker and the private Podman).
+- ``podman_client`` (session): SDK client to the private Podman service.
+- ``make_container`` (function): container factory on ``engine``; removes what it made.
 - ``private_engine`` (function): a private dockerd (:class:`PrivateEngine`).
 - ``blockbuster`` (function, opt-in): fails the test on blocking calls in the event loop.
 
@@ -15,6 +18,7 @@ Helpers to import: ``from tests.bench import wait_for, wait_for_log``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +28,8 @@ import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
 
 from tests.bench import Bench, ContainerFactory, GpuController, PrivateEngine, build_bench
+from tests.bench.engines import Engine, podman_host
+from tests.bench.images import ensure_imported
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +70,41 @@ def bench(bench_native: Bench, docker_client: docker.DockerClient) -> Bench:
         pytest.fail(f"building the bench images failed: {exc}", pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def podman_client(bench: Bench) -> Iterator[docker.DockerClient]:
+    """An SDK client to the private Podman service, with the bench images imported.
+
+    Fails (never skips) when it does not answer: scripts/test starts it.
+    """
+    host = podman_host()
+    try:
+        client = docker.DockerClient(base_url=host, timeout=120)
+        client.ping()
+        ensure_imported(client, bench.images)
+    except (docker.errors.DockerException, OSError) as exc:
+        pytest.fail(f"the podman service at {host} does not answer ({exc})", pytrace=False)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def engine(request: pytest.FixtureRequest, bench: Bench,
+           docker_client: docker.DockerClient) -> Engine:
+    """The engine this test runs against: ``docker`` (the default) or ``podman``
+    (``@on_every_engine``, or ``@pytest.mark.parametrize("engine", [...], indirect=True)``)."""
+    name = getattr(request, "param", "docker")
+    request.node.user_properties.append(("engine", name))
+    if name == "docker":
+        host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        return Engine("docker", host, docker_client, bench.images)
+    if name == "podman":
+        client = request.getfixturevalue("podman_client")
+        return Engine("podman", podman_host(), client, bench.images)
+    raise ValueError(f"unknown engine {name!r}")
+
+
 @pytest.fixture
 def gpu(bench_native: Bench, tmp_path: Path) -> GpuController:
     """A fresh simulated GPU world: one GTX 1080 Ti, persistence off, driver loaded.
@@ -78,8 +119,7 @@ def gpu(bench_native: Bench, tmp_path: Path) -> GpuController:
 @pytest.fixture
 def make_container(
     request: pytest.FixtureRequest,
-    docker_client: docker.DockerClient,
-    bench: Bench,
+    engine: Engine,
     gpu: GpuController,
 ) -> Iterator[ContainerFactory]:
     """``make_container(image="konomi", *, name=None, mode="normal", gpu=True, labels=None,
@@ -88,7 +128,7 @@ def make_container(
     Every container runs with ``--network none`` and is force-removed at
     teardown, whatever the test's outcome.
     """
-    factory = ContainerFactory(docker_client, bench.images, gpu, request.node.name)
+    factory = ContainerFactory(engine.client, engine.images, gpu, request.node.name)
     try:
         yield factory
     finally:
@@ -114,3 +154,26 @@ def blockbuster() -> Iterator[BlockBuster]:
     """Fails the test when a blocking call runs in the event loop (opt in per test or module)."""
     with blockbuster_ctx() as bb:
         yield bb
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Prints the time spent in tests on each engine (set-up and teardown included)."""
+    totals: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if not isinstance(report, pytest.TestReport):
+                continue
+            found = dict(report.user_properties).get("engine")
+            if found is None:
+                continue
+            engine = str(found)
+            totals[engine] = totals.get(engine, 0.0) + report.duration
+            if report.when == "call":
+                counts[engine] = counts.get(engine, 0) + 1
+    if totals:
+        terminalreporter.write_sep("-", "time per engine")
+        for engine, seconds in sorted(totals.items()):
+            terminalreporter.write_line(
+                f"{engine}: {counts.get(engine, 0)} tests, {seconds:.0f} s"
+            )

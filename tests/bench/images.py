@@ -181,9 +181,9 @@ def ensure_imported(client: docker.DockerClient, images: dict[str, BuiltImage]) 
             continue
         except docker.errors.ImageNotFound:
             pass
-        repository, tag = image.tag.rsplit(":", 1)
+        # The tag goes in the repository: Podman's compat import ignores ``tag``.
         client.api.import_image_from_file(
-            str(image.tar), repository=repository, tag=tag, changes=_changes(image.kind)
+            str(image.tar), repository=image.tag, changes=_changes(image.kind)
         )
         client.images.get(image.tag)  # raises if the import did not produce it
 

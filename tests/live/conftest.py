@@ -13,6 +13,7 @@ import pytest
 from docker.models.containers import Container
 
 from tests.bench import ONAIR_LINE, log_lines, wait_for
+from tests.bench.engines import Engine
 from tests.bench.gpu import GpuController
 from tests.live.daemon_process import DaemonProcess
 
@@ -48,12 +49,13 @@ def watch_label() -> str:
 
 @pytest.fixture
 def start_daemon(
-    tmp_path: Path, gpu: GpuController, watch_label: str
+    tmp_path: Path, gpu: GpuController, watch_label: str, engine: Engine
 ) -> Iterator[Callable[..., DaemonProcess]]:
     """Start ``gpuwatchd run --log-format json`` as a real subprocess.
 
     Defaults: the daemon's own defaults, except state and runtime directories
-    under tmp_path and a watch set of containers labelled ``<watch_label>=1``.
+    under tmp_path, the test's ``engine`` as ``[docker] host``, and a watch
+    set of containers labelled ``<watch_label>=1``.
     Every process is stopped (SIGTERM, then SIGKILL) at teardown.
     """
     procs: list[DaemonProcess] = []
@@ -64,6 +66,7 @@ def start_daemon(
             "daemon": {"state_dir": str(tmp_path / "state"),
                        "runtime_dir": str(tmp_path / "run")},
             "watch": {"labels": [f"{watch_label}=1"]},
+            "docker": {"host": engine.host},
         }
         for section, keys in (sections or {}).items():
             merged.setdefault(section, {}).update(keys)

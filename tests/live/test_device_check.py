@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from gpuwatchd.device_check import Access, parse_mountinfo, parse_proc_cgroup
 from gpuwatchd.device_check_run import device_access, kernel_check
 from gpuwatchd.docker_io import ContainerInfo, container_info
 from tests.bench import ER05_LINE, ContainerFactory, GpuController, wait_for_log
+from tests.bench.engines import Engine, on_every_engine
 
 pytestmark = pytest.mark.docker
 
@@ -117,3 +119,21 @@ def test_paused_container_cannot_tell_without_joining(
 def test_container_without_nvidia_device_cannot_tell(make_container: ContainerFactory) -> None:
     plain = make_container("konomi", gpu=False)
     assert kernel_check(info_of(plain)).access is Access.CANNOT_TELL
+
+
+@on_every_engine
+@pytest.mark.parametrize("model", sorted(REVOKERS))
+def test_without_a_visible_pid_the_cgroup_is_found_by_id_on_every_engine(
+    engine: Engine, gpu: GpuController, make_container: ContainerFactory, model: str,
+) -> None:
+    """As from another PID namespace (the PID means nothing): the container's cgroup
+    (Docker's /docker/<id>, Podman's /libpod_parent/libpod-<id>) is found by its ID
+    and the host node opened from inside it.  The bench's node stands where a real
+    host has /dev/nvidiactl."""
+    box = make_container("konomi", environment={"WORKLOAD_INTERVAL": "0.5"})
+    blind = replace(info_of(box), pid=0, expects_nvidia_device=True,
+                    nvidiactl_on_host=str(gpu.device_node))
+    assert kernel_check(blind).access is Access.ALLOWED
+    REVOKERS[model](gpu, box)
+    check = kernel_check(blind)
+    assert check.access is Access.LOST, check

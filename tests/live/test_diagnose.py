@@ -20,6 +20,7 @@ from docker.models.containers import Container
 
 from gpuwatchd.diagnose import START_MARGIN
 from tests.bench import ER05_LINE, ONAIR_LINE, wait_for_log
+from tests.bench.engines import Engine, on_every_engine
 from tests.bench.gpu import GpuController
 
 pytestmark = [pytest.mark.docker]
@@ -118,6 +119,8 @@ def test_healthy(gpu: GpuController, make_container: Callable[..., Container],
     assert report["logs"]["matches"] == 0
     assert run.doc["host"]["gpus"][0]["persistence"] is True
     assert run.doc["host"]["docker"]["cgroup_driver"] == "cgroupfs"
+    assert run.doc["host"]["docker"]["engine"] == "Docker"
+    assert run.doc["host"]["docker"]["engine_version"]
 
 
 def test_field_report_persistence_off_and_nvml_lost(
@@ -297,3 +300,20 @@ def test_docker_unavailable_is_cannot_check(gpu: GpuController, tmp_path: Path,
     assert run.rc == 4, run.stdout + run.stderr
     assert run.doc["verdict"]["cause"] == "docker_unavailable"
     assert run.doc["host"]["gpus"][0]["persistence"] is True
+
+
+@on_every_engine
+def test_diagnose_names_the_engine_it_talked_to(
+    engine: Engine, diagnose: Callable[..., Run],
+) -> None:
+    """The host section says Docker or Podman and its version, in JSON and in text."""
+    config = f'[probe]\ntimeout = "5s"\n[docker]\nhost = "{engine.host}"\n'
+    if engine.name == "podman":
+        want = ("Podman", engine.podman("version", "--format", "{{.Server.Version}}").strip())
+    else:
+        want = ("Docker", str(engine.client.version()["Version"]))
+    run = diagnose(config_text=config)
+    docker = run.doc["host"]["docker"]
+    assert (docker["engine"], docker["engine_version"]) == want
+    text = diagnose(as_json=False, config_text=config)
+    assert f"engine: {want[0]} {want[1]}, cgroup driver" in text.stdout, text.stdout

@@ -1,7 +1,7 @@
 """The field report, end to end: persistence off, the driver idles, ER-05 appears.
 
-The real daemon (a subprocess), the real Docker engine, the real pynvml against
-the stand-in driver.
+The real daemon (a subprocess), the real engine (Docker, and Podman through its
+Docker-compatible API), the real pynvml against the stand-in driver.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 from docker.models.containers import Container
 
 from tests.bench import ER05_LINE, ONAIR_LINE, log_lines, wait_for
+from tests.bench.engines import Engine, on_every_engine
 from tests.bench.gpu import GpuController
 from tests.live.daemon_process import DaemonProcess
 
@@ -24,7 +25,9 @@ def started_at(container: Container) -> str:
     return str(container.attrs["State"]["StartedAt"])
 
 
+@on_every_engine
 def test_persistence_off_idle_is_healed_once_and_stays_healed(
+    engine: Engine,
     gpu: GpuController,
     make_container: Callable[..., Container],
     start_daemon: Callable[..., DaemonProcess],

@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import docker
 import pytest
 from docker.models.containers import Container
 
 from gpuwatchd.control import request
 from tests.bench import ER05_LINE, log_lines, wait_for
 from tests.bench.engine import PrivateEngine
+from tests.bench.engines import Engine, EventRecorder, on_every_engine
 from tests.bench.gpu import GpuController
 from tests.live.conftest import Sections, healthy, started_at
 from tests.live.daemon_process import DaemonProcess
@@ -103,36 +103,38 @@ def test_unwatched_container_is_left_alone(
     assert not [r for r in daemon.records if r.get("container") == stranger.name]
 
 
+@on_every_engine
 def test_tuner_fault_is_not_a_gpu_fault(
-    gpu: GpuController, make_container: Callable[..., Container],
+    engine: Engine, gpu: GpuController, make_container: Callable[..., Container],
     start_daemon: Callable[..., DaemonProcess], watched: dict[str, str],
-    docker_client: docker.DockerClient,
 ) -> None:
     """ER-05 while NVML works: no restart, log_match_not_gpu folded, probes rate-limited."""
     gpu.set_persistence(True)
     tuner = make_container("konomi", mode="tuner_fault", labels=watched,
                            environment={"WORKLOAD_INTERVAL": "0.2"})
     before = started_at(tuner)
-    since = int(time.time())
-    daemon = start_daemon()
-    daemon.wait_for("log_match_not_gpu", container=tuner.name, timeout=20)
-    time.sleep(12)
-    until = int(time.time()) + 1
+    recorder = EventRecorder(engine.client, tuner.id)
+    try:
+        daemon = start_daemon()
+        daemon.wait_for("log_match_not_gpu", container=tuner.name, timeout=20)
+        time.sleep(12)
+    finally:
+        recorder.close()
     assert not daemon.find("container_restarted")
     assert started_at(tuner) == before
     not_gpu = daemon.find("log_match_not_gpu", container=tuner.name)
     # ~60 matching lines in 12 s, but confirmation probes at most one per 10 s.
     assert 1 <= len(not_gpu) <= 3, not_gpu
     assert sum(int(r.get("count", 1)) for r in not_gpu) >= 2
-    execs = list(docker_client.events(
-        since=since, until=until, decode=True,
-        filters={"container": tuner.id, "event": "exec_create"},
-    ))
-    assert 1 <= len(execs) <= 3, f"{len(execs)} probes in ~13 s"
+    execs = recorder.execs()
+    assert 1 <= execs <= 3, f"{execs} probes in ~13 s: {recorder.actions}"
 
 
+#: The device-access failure models: the ``revoke`` fixture runs this test under
+#: the cgroup v1 rule and the cgroup v2 program.
+@on_every_engine
 def test_revoked_device_access_restarts_once_without_touching_persistence(
-    gpu: GpuController, make_container: Callable[..., Container],
+    engine: Engine, gpu: GpuController, make_container: Callable[..., Container],
     start_daemon: Callable[..., DaemonProcess], watched: dict[str, str],
     revoke: Callable[[Container], None],
 ) -> None:
@@ -192,10 +194,10 @@ def test_permanent_fault_gives_up_keeps_budget_across_restarts_and_reset_rearms(
     daemon.wait_for("container_restarted", container=konomi.name, timeout=30)
 
 
+@on_every_engine
 def test_operator_stop_is_respected_and_recreated_container_is_watched(
-    gpu: GpuController, make_container: Callable[..., Container],
+    engine: Engine, gpu: GpuController, make_container: Callable[..., Container],
     start_daemon: Callable[..., DaemonProcess], watched: dict[str, str],
-    docker_client: docker.DockerClient,
 ) -> None:
     """A stopped container stays stopped; one recreated under the same name is healed."""
     gpu.set_persistence(True)

@@ -13,7 +13,6 @@ from gpuwatchd.device_check import (
     ProcCgroups,
     ReloadExposure,
     allows_nvidia,
-    cgroup_candidates,
     combine,
     frozen,
     parse_device_allow,
@@ -78,19 +77,6 @@ MOUNTINFO = """\
 )
 def test_parse_mountinfo(text: str, expected: CgroupMounts) -> None:
     assert parse_mountinfo(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("parent", "expected"),
-    [
-        ("", (f"/docker/{CID}", f"/system.slice/docker-{CID}.scope")),
-        ("/gpu/jobs", (f"/gpu/jobs/{CID}",)),
-        ("machine.slice", (f"/machine.slice/docker-{CID}.scope",)),
-        ("gpu-jobs.slice", (f"/gpu.slice/gpu-jobs.slice/docker-{CID}.scope",)),
-    ],
-)
-def test_cgroup_candidates(parent: str, expected: tuple[str, ...]) -> None:
-    assert cgroup_candidates(CID, parent) == expected
 
 
 @pytest.mark.parametrize(
