@@ -22,6 +22,7 @@ from gpuwatchd.config import (
     DEFAULT_CONFIG_PATH,
     Config,
     ConfigError,
+    check_notify_available,
     check_ownership,
     load_config,
     render_effective,
@@ -151,6 +152,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Load the config (owner-checked), then hand over to ``gpuwatchd.daemon.run_daemon``."""
     config = load_from_args(args, check_owner=True)
+    check_notify_available(config)
     if args.dry_run:
         config = replace(config, daemon=replace(config.daemon, dry_run=True))
     try:
@@ -176,6 +178,7 @@ def run_command(args: argparse.Namespace) -> int:
 def check_config_command(args: argparse.Namespace) -> int:
     """Validate, print the effective configuration, warn if ``run`` would refuse the file."""
     config = load_from_args(args, check_owner=False)
+    check_notify_available(config)
     try:
         _write_stdout(render_effective(config))
     except UnicodeEncodeError:
