@@ -33,6 +33,8 @@ FOR_GOOD = {
 
 
 def _text(value: object, default: str = "?") -> str:
+    if isinstance(value, float):
+        return f"{value:g}"  # 3600.0 -> 3600
     return default if value is None else str(value)
 
 
