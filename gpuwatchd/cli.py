@@ -190,7 +190,23 @@ def check_config_command(args: argparse.Namespace) -> int:
         except ConfigError as e:
             # A warning, not an error: check-config also vets drafts kept elsewhere.
             _say(f"warning: {e} (gpuwatchd run refuses such a file)")
+    _warn_without_ip_sockets(config)
     return ExitCode.OK
+
+
+def _warn_without_ip_sockets(config: Config) -> None:
+    """One line when the config sends over the network and the installed unit
+    (as far as :mod:`gpuwatchd.unit_network` can tell) allows AF_UNIX only."""
+    from gpuwatchd import unit_network
+
+    needs = [key for key, value in (("notify.urls", config.notify.urls),
+                                    ("notify.webhook", config.notify.webhook)) if value]
+    if needs and unit_network.ip_sockets_allowed() is False:
+        verb = "need" if len(needs) > 1 else "needs"
+        _say(f"warning: {' and '.join(needs)} {verb} IP sockets, but {unit_network.UNIT} "
+             "allows AF_UNIX only: add a drop-in with "
+             "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 "
+             "(systemctl edit gpuwatchd; see README \"Notifications\")")
 
 
 # --------------------------------------------------------------------------

@@ -53,8 +53,8 @@ def never_answers(conn: Any) -> None:
 def servers() -> Iterator[Any]:
     made: list[HostileServer] = []
 
-    def make(respond: Any = answer(OK)) -> HostileServer:
-        server = HostileServer(respond)
+    def make(respond: Any = None) -> HostileServer:
+        server = HostileServer(respond or answer(OK))
         made.append(server)
         return server
 
