@@ -51,7 +51,7 @@ def _evidence(record: Record) -> str:
     parts = []
     confidence = record.get("confidence")
     if confidence is not None:
-        parts.append(f"confidence {confidence}")
+        parts.append(f"cause {confidence}")
     attempt, most = record.get("attempt"), record.get("max_restarts")
     if attempt is not None:
         parts.append(f"restart {attempt} of {_text(most)} in the window")

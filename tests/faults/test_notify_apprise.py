@@ -31,7 +31,7 @@ pytestmark = pytest.mark.timeout(120)
 
 RESTARTED = make_record(
     "container_restarted", container="KonomiTV", container_id="0123456789ab",
-    cause="persistence_off", confidence="high", attempt=1, max_restarts=3, matches=2,
+    cause="persistence_off", confidence="certain", attempt=1, max_restarts=3, matches=2,
     dry_run=False,
 )
 GAVE_UP = make_record(

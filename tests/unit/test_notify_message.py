@@ -12,14 +12,14 @@ from gpuwatchd.records import ADVICE, make_record
 def test_container_restarted_names_the_cause_the_evidence_and_the_lasting_fix() -> None:
     record = make_record(
         "container_restarted", container="KonomiTV", container_id="0123456789ab",
-        cause="persistence_off", confidence="high", attempt=2, max_restarts=3, matches=4,
+        cause="persistence_off", confidence="certain", attempt=2, max_restarts=3, matches=4,
         dry_run=False,
     )
     title, body = human_message(record)
     assert title == "gpuwatchd: restarted KonomiTV (persistence_off)"
     cause, evidence, for_good = body.split("\n")
     assert "persistence mode was off" in cause
-    assert evidence == ("Evidence: confidence high; restart 2 of 3 in the window; "
+    assert evidence == ("Evidence: cause certain; restart 2 of 3 in the window; "
                         "4 matching log lines.")
     assert for_good.startswith("For good: ") and "--persistence-mode" in for_good
 
