@@ -79,7 +79,7 @@ async def send(config: NotifyConfig, *records: Record, grace: float = 60.0) -> C
 
 def assert_no_secret(text: str, port: int) -> None:
     assert TOKEN not in text
-    assert str(port) not in text  # not even the host and port
+    assert "127.0.0.1" not in text and f":{port}" not in text  # not even the host and port
 
 
 # --------------------------------------------------------------------------
