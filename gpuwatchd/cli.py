@@ -191,8 +191,24 @@ def check_config_command(args: argparse.Namespace) -> int:
             # A warning, not an error: check-config also vets drafts kept elsewhere.
             _say(f"warning: {e} (gpuwatchd run refuses such a file)")
     _warn_without_ip_sockets(config)
+    _warn_unparsed_urls(config)
     return ExitCode.OK
 
+
+def _warn_unparsed_urls(config: Config) -> None:
+    """One line for each URL that Apprise cannot parse (named by its key and scheme).
+    Apprise is imported here, in check-config's own short-lived process; the daemon
+    finds the same URLs only at their first delivery (``notify_failed``)."""
+    if not config.notify.urls:
+        return
+    from gpuwatchd.config import url_scheme
+    from gpuwatchd.deliver import apprise_understands
+
+    for i, url in enumerate(config.notify.urls):
+        if not apprise_understands(url):
+            _say(f"warning: notify.urls[{i}]: Apprise does not understand this "
+                 f"{url_scheme(url)}:// URL (unknown scheme, or a part missing); "
+                 "its notifications would fail")
 
 def _warn_without_ip_sockets(config: Config) -> None:
     """One line when the config sends over the network and the installed unit

@@ -18,11 +18,13 @@ contains the URL or any part of it.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from gpuwatchd import __version__
@@ -58,22 +60,40 @@ def post(url: str, body: bytes, timeout: float) -> str | None:
     return None
 
 
-def send_apprise(url: str, title: str, body: str) -> str | None:
-    """Send ``title`` and ``body`` to the Apprise ``url``; None when Apprise reports
-    it sent, else one line why (without the URL: Apprise does not say more)."""
+@contextlib.contextmanager
+def _quiet_apprise() -> Iterator[Any]:
+    """Apprise, with logging and warnings silenced while it runs: its log lines
+    and warnings can quote a URL, token included."""
     import logging
     import warnings
 
-    # Apprise's log lines and warnings can quote the URL, token included.
+    before = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
-    warnings.simplefilter("ignore")
-    import apprise
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import apprise
 
-    service = apprise.Apprise()
-    if not service.add(url):
-        return "is not a URL Apprise understands (or needs a module it lacks)"
-    if not service.notify(title=title, body=body):
-        return "not delivered (the service refused it or could not be reached)"
+            yield apprise
+    finally:
+        logging.disable(before)
+
+
+def apprise_understands(url: str) -> bool:
+    """Whether Apprise can parse ``url`` (a known scheme, the parts it needs)."""
+    with _quiet_apprise() as apprise:
+        return bool(apprise.Apprise().add(url))
+
+
+def send_apprise(url: str, title: str, body: str) -> str | None:
+    """Send ``title`` and ``body`` to the Apprise ``url``; None when Apprise reports
+    it sent, else one line why (without the URL: Apprise does not say more)."""
+    with _quiet_apprise() as apprise:
+        service = apprise.Apprise()
+        if not service.add(url):
+            return "is not a URL Apprise understands (or needs a module it lacks)"
+        if not service.notify(title=title, body=body):
+            return "not delivered (the service refused it or could not be reached)"
     return None
 
 

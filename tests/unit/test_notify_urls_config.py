@@ -207,3 +207,15 @@ def test_check_config_says_nothing_without_network_targets(
     path = write(tmp_path, '[notify]\ncommand = ["/bin/true"]\n')
     assert main(["check-config", "--config", str(path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_check_config_warns_about_a_url_apprise_cannot_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(unit_network, "UNIT_DIR", tmp_path / "no-units")
+    path = write(tmp_path, f'[notify]\nurls = ["ntfys://ntfy.sh/gpu", "nosuch://{TOKEN}@h/"]\n')
+    assert main(["check-config", "--config", str(path)]) == 0
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("gpuwatchd: warning: notify.urls[1]: Apprise does not understand "
+                           "this nosuch:// URL")
+    assert TOKEN not in line
