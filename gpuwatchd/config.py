@@ -546,7 +546,13 @@ def _webhook(value: object, key: _Key) -> str:
     except ValueError:
         ok = False
     if not ok or any(c.isspace() for c in value):
-        raise _Invalid(key, f"must be an http:// or https:// URL (empty: off), got {_show(value)}")
+        # Only the scheme is shown: the rest of a webhook URL often holds a token.
+        scheme = url_scheme(value)
+        if scheme in ("http", "https"):
+            got = f"{scheme}:// without a valid host and port, or with a space"
+        else:
+            got = f"a {scheme}:// URL" if scheme != "?" else "no URL"
+        raise _Invalid(key, f"must be an http:// or https:// URL (empty: off), got {got}")
     return value
 
 

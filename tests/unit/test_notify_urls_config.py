@@ -219,3 +219,20 @@ def test_check_config_warns_about_a_url_apprise_cannot_parse(
     assert line.startswith("gpuwatchd: warning: notify.urls[1]: Apprise does not understand "
                            "this nosuch:// URL")
     assert TOKEN not in line
+
+
+@pytest.mark.parametrize(
+    ("webhook", "got"),
+    [
+        (f"ftp://hooks.example.org/{TOKEN}", "got a ftp:// URL"),
+        (f"https://hooks.example.org:99999/{TOKEN}", "got https:// without a valid host"),
+        (f"{TOKEN}", "got no URL"),
+    ],
+)
+def test_a_bad_webhook_is_shown_by_its_scheme_only(webhook: str, got: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config_text(f'[notify]\nwebhook = "{webhook}"\n')
+    message = str(info.value)
+    assert message.startswith("<config>: notify.webhook: must be an http:// or https:// URL")
+    assert got in message
+    assert TOKEN not in message and "hooks.example.org" not in message
