@@ -43,7 +43,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpuwatchd.config import NotifyConfig, url_scheme
-from gpuwatchd.notify_message import human_message
 from gpuwatchd.records import Record, make_record
 
 #: The events a person wants to hear about. ``notify_failed`` is never one.
@@ -309,6 +308,9 @@ class Notifier:
                 out.append((f"webhook {redact_url(config.webhook)}",
                             lambda: post_webhook(config.webhook, payload, config.timeout)))
         if config.urls:
+            # Loaded with the first URL: a daemon without urls carries none of it.
+            from gpuwatchd.notify_message import human_message
+
             title, body = human_message(record)
             for i, url in enumerate(config.urls):
                 out.append((apprise_label(i, url),
