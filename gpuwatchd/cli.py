@@ -22,6 +22,7 @@ from gpuwatchd.config import (
     DEFAULT_CONFIG_PATH,
     Config,
     ConfigError,
+    check_notify_available,
     check_ownership,
     load_config,
     render_effective,
@@ -151,6 +152,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Load the config (owner-checked), then hand over to ``gpuwatchd.daemon.run_daemon``."""
     config = load_from_args(args, check_owner=True)
+    check_notify_available(config)
     if args.dry_run:
         config = replace(config, daemon=replace(config.daemon, dry_run=True))
     try:
@@ -176,6 +178,7 @@ def run_command(args: argparse.Namespace) -> int:
 def check_config_command(args: argparse.Namespace) -> int:
     """Validate, print the effective configuration, warn if ``run`` would refuse the file."""
     config = load_from_args(args, check_owner=False)
+    check_notify_available(config)
     try:
         _write_stdout(render_effective(config))
     except UnicodeEncodeError:
@@ -187,7 +190,39 @@ def check_config_command(args: argparse.Namespace) -> int:
         except ConfigError as e:
             # A warning, not an error: check-config also vets drafts kept elsewhere.
             _say(f"warning: {e} (gpuwatchd run refuses such a file)")
+    _warn_without_ip_sockets(config)
+    _warn_unparsed_urls(config)
     return ExitCode.OK
+
+
+def _warn_unparsed_urls(config: Config) -> None:
+    """One line for each URL that Apprise cannot parse (named by its key and scheme).
+    Apprise is imported here, in check-config's own short-lived process; the daemon
+    finds the same URLs only at their first delivery (``notify_failed``)."""
+    if not config.notify.urls:
+        return
+    from gpuwatchd.config import url_scheme
+    from gpuwatchd.deliver import apprise_understands
+
+    for i, url in enumerate(config.notify.urls):
+        if not apprise_understands(url):
+            _say(f"warning: notify.urls[{i}]: Apprise does not understand this "
+                 f"{url_scheme(url)}:// URL (unknown scheme, or a part missing); "
+                 "its notifications would fail")
+
+def _warn_without_ip_sockets(config: Config) -> None:
+    """One line when the config sends over the network and the installed unit
+    (as far as :mod:`gpuwatchd.unit_network` can tell) allows AF_UNIX only."""
+    from gpuwatchd import unit_network
+
+    needs = [key for key, value in (("notify.urls", config.notify.urls),
+                                    ("notify.webhook", config.notify.webhook)) if value]
+    if needs and unit_network.ip_sockets_allowed() is False:
+        verb = "need" if len(needs) > 1 else "needs"
+        _say(f"warning: {' and '.join(needs)} {verb} IP sockets, but {unit_network.UNIT} "
+             "allows AF_UNIX only: add a drop-in with "
+             "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 "
+             "(systemctl edit gpuwatchd; see README \"Notifications\")")
 
 
 # --------------------------------------------------------------------------

@@ -85,6 +85,7 @@ class WatchConfig:
 class NotifyConfig:
     command: tuple[str, ...] = ()  #: empty: no command
     webhook: str = ""  #: empty: no webhook
+    urls: tuple[str, ...] = ()  #: Apprise URLs (ntfy://, discord://, …); empty: none
     timeout: float = 10.0
 
 
@@ -545,8 +546,76 @@ def _webhook(value: object, key: _Key) -> str:
     except ValueError:
         ok = False
     if not ok or any(c.isspace() for c in value):
-        raise _Invalid(key, f"must be an http:// or https:// URL (empty: off), got {_show(value)}")
+        # Only the scheme is shown: the rest of a webhook URL often holds a token.
+        scheme = url_scheme(value)
+        if scheme in ("http", "https"):
+            got = f"{scheme}:// without a valid host and port, or with a space"
+        else:
+            got = f"a {scheme}:// URL" if scheme != "?" else "no URL"
+        raise _Invalid(key, f"must be an http:// or https:// URL (empty: off), got {got}")
     return value
+
+
+#: Most Apprise URLs one config may list (each is its own delivery).
+MAX_NOTIFY_URLS = 16
+#: Longest accepted Apprise URL.
+MAX_URL_LENGTH = 2048
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]{0,31})://", re.ASCII)
+_APPRISE_HINT = 'an Apprise URL such as "ntfy://ntfy.sh/TOPIC" or "discord://ID/TOKEN"'
+
+
+def url_scheme(url: str) -> str:
+    """``"ntfys"`` for ``"ntfys://…"``; ``"?"`` when ``url`` has no scheme. The only
+    part of an Apprise URL ever shown: the rest may hold a token or a password."""
+    match = _URL_SCHEME.match(url)
+    return match.group(1).lower() if match else "?"
+
+
+def _apprise_urls(value: object, key: _Key) -> tuple[str, ...]:
+    # Apprise itself is never imported here (the daemon stays small); the child
+    # process that delivers rejects what it cannot parse, as notify_failed.
+    urls = _strings(value, key, "Apprise URLs (strings)")
+    if len(urls) > MAX_NOTIFY_URLS:
+        raise _Invalid(key, f"at most {MAX_NOTIFY_URLS} URLs, got {len(urls)}")
+    for i, url in enumerate(urls):
+        match = _URL_SCHEME.match(url)
+        if match is None or len(url) == match.end():
+            # Nothing of the value is echoed: it may be a token pasted on its own.
+            raise _Invalid((*key, i), f"must be {_APPRISE_HINT}")
+        shown = f"a {match.group(1).lower()}:// URL"
+        if len(url) > MAX_URL_LENGTH:
+            raise _Invalid((*key, i), f"{shown} longer than {MAX_URL_LENGTH} characters")
+        if any(c.isspace() or not c.isprintable() for c in url):
+            raise _Invalid((*key, i), f"{shown} with a space or control character in it")
+        if url in urls[:i]:
+            raise _Invalid((*key, i), f"{shown} listed twice")
+    return tuple(urls)
+
+
+#: What to run when ``urls`` is set and Apprise is not installed.
+APPRISE_INSTALL_HINT = (
+    "pip install 'gpuwatchd[apprise]' into gpuwatchd's environment "
+    "(/opt/gpuwatchd/bin/pip install apprise), or run packaging/install.sh again "
+    "without --without-apprise"
+)
+
+
+def check_notify_available(config: Config) -> None:
+    """Refuse ``[notify] urls`` when Apprise is not installed.
+
+    Looks for the package without importing it (the daemon never imports Apprise;
+    its delivery child processes do).
+
+    Raises:
+        ConfigError: ``urls`` is set and no ``apprise`` package can be found.
+    """
+    import importlib.util
+
+    if config.notify.urls and importlib.util.find_spec("apprise") is None:
+        raise ConfigError(
+            f"Apprise is not installed: {APPRISE_INSTALL_HINT}",
+            source=config.source, key="notify.urls",
+        )
 
 
 # --------------------------------------------------------------------------
@@ -587,7 +656,12 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, _Converter]]] = {
     ),
     "notify": (
         NotifyConfig,
-        {"command": _command(allow_empty=True), "webhook": _webhook, "timeout": _duration},
+        {
+            "command": _command(allow_empty=True),
+            "webhook": _webhook,
+            "urls": _apprise_urls,
+            "timeout": _duration,
+        },
     ),
     "metrics": (MetricsConfig, {"listen": _listen}),
 }

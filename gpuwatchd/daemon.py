@@ -32,7 +32,7 @@ import structlog
 
 from gpuwatchd import __version__, sdnotify
 from gpuwatchd.classify import classify_probe
-from gpuwatchd.config import Config, ConfigError, load_config
+from gpuwatchd.config import Config, ConfigError, check_notify_available, load_config
 from gpuwatchd.control import ControlError, ControlServer, pause_duration
 from gpuwatchd.core import Core
 from gpuwatchd.device_check import ReloadExposure, reload_exposure
@@ -874,6 +874,7 @@ class Daemon:
     @staticmethod
     def _load_checked(source: Path) -> Config:
         config = load_config(source, check_owner=True)
+        check_notify_available(config)
         # The state file follows a new state_dir: it must pass the start-time check.
         check_private_dir(config.daemon.state_dir, "state_dir")
         return config

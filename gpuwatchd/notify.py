@@ -1,21 +1,25 @@
-"""Notifications: tell a person about the records that matter, by command or webhook.
+"""Notifications: tell a person about the records that matter, by command,
+webhook or Apprise URL.
 
 ``[notify] command = [...]`` runs a program (argv only, never a shell) with one
 JSON document on its stdin; ``[notify] webhook = "https://…"`` POSTs the same
-document. Only the events in :data:`NOTIFY_EVENTS` are sent. Each target is one
-delivery, run as a child process in its own process group (the command itself;
-the webhook as ``python -m gpuwatchd.deliver``, which follows no redirect), at
-most :data:`MAX_CONCURRENT` at once. ``notify.timeout`` is a total deadline per
-delivery: at it, the whole process group is killed, so a receiver that trickles
-one byte at a time, a command that ignores SIGTERM, or anything they started,
-ends there, and no thread is ever left behind. A group is also killed when its
-leader exits: nothing a delivery started outlives it. At most
-:data:`STDERR_CAP` bytes of stderr are kept. Beyond :data:`MAX_PENDING`
-deliveries waiting or running, a new one is dropped and recorded; at shutdown
-:meth:`Notifier.close` waits a grace period, then cancels (kills) the rest and
-records each one. A failure becomes a ``notify_failed``
-record, never an exception; ``notify_failed`` itself is never sent, so a
-broken receiver cannot cause a storm of notifications about itself.
+document; each of ``[notify] urls = [...]`` (Apprise URLs: ntfy, Discord,
+Telegram, e-mail…) gets a short title and body (:mod:`gpuwatchd.notify_message`)
+through Apprise, which only the child process imports. Only the events in
+:data:`NOTIFY_EVENTS` are sent. Each target is one delivery, run as a child
+process in its own process group (the command itself; the webhook and each
+Apprise URL as ``python -m gpuwatchd.deliver``, which takes the URL on stdin;
+the webhook follows no redirect), at most :data:`MAX_CONCURRENT` at once.
+``notify.timeout`` is a total deadline per delivery: at it, the whole process
+group is killed, so a receiver that trickles one byte at a time, a command that
+ignores SIGTERM, or anything they started, ends there, and no thread is ever
+left behind. A group is also killed when its leader exits: nothing a delivery
+started outlives it. At most :data:`STDERR_CAP` bytes of stderr are kept. Beyond
+:data:`MAX_PENDING` deliveries waiting or running, a new one is dropped and
+recorded; at shutdown :meth:`Notifier.close` waits a grace period, then cancels
+(kills) the rest and records each one. A failure becomes a ``notify_failed``
+record, never an exception; ``notify_failed`` itself is never sent, so a broken
+receiver cannot cause a storm of notifications about itself.
 
 The document is the record's fields plus ``event``, ``level``, ``message``,
 ``timestamp`` (ISO 8601, UTC, milliseconds), ``message_id`` (or null) and
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -37,7 +42,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gpuwatchd.config import NotifyConfig
+from gpuwatchd.config import NotifyConfig, url_scheme
 from gpuwatchd.records import Record, make_record
 
 #: The events a person wants to hear about. ``notify_failed`` is never one.
@@ -214,8 +219,31 @@ async def post_webhook(url: str, payload: bytes, limit: float) -> None:
         raise NotifyError(f"{shown} {detail or f'failed (exit status {status})'}")
 
 
+def apprise_label(index: int, url: str) -> str:
+    """``urls[1] (ntfys://)``: which Apprise URL, without any part that may be secret."""
+    return f"urls[{index}] ({url_scheme(url)}://)"
+
+
+async def send_apprise(url: str, index: int, title: str, body: str, limit: float) -> None:
+    """Send ``title`` and ``body`` to the Apprise ``url`` from a child process
+    (:mod:`gpuwatchd.deliver`, the only place Apprise is imported), ended at
+    ``limit`` seconds in all. The URL goes to the child on stdin.
+
+    Raises:
+        NotifyError: Apprise could not parse the URL or send, or the deadline
+        passed; the URL shown only by its place in ``urls`` and its scheme.
+    """
+    shown = f"apprise {apprise_label(index, url)}"
+    job = json.dumps({"kind": "apprise", "url": url, "title": title, "body": body}).encode()
+    argv = (sys.executable, "-m", "gpuwatchd.deliver")
+    status, detail = await run_child(argv, job, limit, shown, env=_child_env())
+    if status != 0:
+        raise NotifyError(f"{shown} {detail or f'failed (exit status {status})'}")
+
+
 class Notifier:
-    """Sends the records in :data:`NOTIFY_EVENTS` to the configured command and webhook.
+    """Sends the records in :data:`NOTIFY_EVENTS` to the configured command, webhook
+    and Apprise URLs (one delivery each).
 
     ``config`` is a :class:`NotifyConfig`, or a function returning the current
     one (read at each record, so a config reload takes effect at once).
@@ -241,44 +269,53 @@ class Notifier:
     def on_record(self, record: Record) -> None:
         """Schedule the deliveries for ``record`` (on the event loop; never blocks).
 
-        Ignores records outside :data:`NOTIFY_EVENTS` and does nothing when
-        neither a command nor a webhook is configured. After :meth:`close`, and
-        for each delivery beyond :data:`MAX_PENDING`, records ``notify_failed``
-        instead.
+        Ignores records outside :data:`NOTIFY_EVENTS` and does nothing when no
+        command, webhook or URL is configured. After :meth:`close`, and for each
+        delivery beyond :data:`MAX_PENDING`, records ``notify_failed`` instead.
         """
         if record.event not in NOTIFY_EVENTS:
             return
-        config = self.config
-        targets = self._targets(config)
+        targets = self._targets(self.config, record)
         if not targets:
             return
         if self._closing:
             self._failed(record, "not sent: gpuwatchd is stopping")
             return
-        payload = json.dumps(
-            notification_document(record, host=self.host), ensure_ascii=False
-        ).encode()
         loop = asyncio.get_running_loop()
         for label, send in targets:
             if len(self._tasks) >= MAX_PENDING:
                 self._failed(record, f"{MAX_PENDING} notifications pending; {label} dropped")
                 continue
-            task = loop.create_task(self._deliver(record, label, send(payload)),
+            task = loop.create_task(self._deliver(record, label, send()),
                                     name=f"notify-{record.event}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
     def _targets(
-        config: NotifyConfig,
-    ) -> list[tuple[str, Callable[[bytes], Coroutine[Any, Any, None]]]]:
-        out: list[tuple[str, Callable[[bytes], Coroutine[Any, Any, None]]]] = []
-        if config.command:
-            out.append((f"command {config.command[0]}",
-                        lambda p: run_command(config.command, p, config.timeout)))
-        if config.webhook:
-            out.append((f"webhook {redact_url(config.webhook)}",
-                        lambda p: post_webhook(config.webhook, p, config.timeout)))
+        self, config: NotifyConfig, record: Record
+    ) -> list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]:
+        """Each configured delivery for ``record``: a label (no secret in it) and
+        a function that starts it."""
+        out: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+        if config.command or config.webhook:
+            payload = json.dumps(
+                notification_document(record, host=self.host), ensure_ascii=False
+            ).encode()
+            if config.command:
+                out.append((f"command {config.command[0]}",
+                            lambda: run_command(config.command, payload, config.timeout)))
+            if config.webhook:
+                out.append((f"webhook {redact_url(config.webhook)}",
+                            lambda: post_webhook(config.webhook, payload, config.timeout)))
+        if config.urls:
+            # Loaded with the first URL: a daemon without urls carries none of it.
+            from gpuwatchd.notify_message import human_message
+
+            title, body = human_message(record)
+            for i, url in enumerate(config.urls):
+                out.append((apprise_label(i, url),
+                            functools.partial(send_apprise, url, i, title, body,
+                                              config.timeout)))
         return out
 
     async def _deliver(
@@ -345,4 +382,5 @@ __all__ = [
     "redact_url",
     "run_child",
     "run_command",
+    "send_apprise",
 ]

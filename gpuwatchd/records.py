@@ -361,7 +361,7 @@ _ENTRIES: tuple[EventSpec, ...] = (
     EventSpec(
         "notify_failed",
         _L.WARNING,
-        "a notification command or webhook failed (never fatal)",
+        "a notification command, webhook or Apprise URL failed (never fatal)",
         "notification failed: {error}",
         None,
         ("error",),

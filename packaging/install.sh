@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install (or upgrade in place) gpuwatchd as a systemd service, from this working tree.
 #
-#   sudo packaging/install.sh [--wheel-dir DIR] [--no-start] [--with-host-fixes]
+#   sudo packaging/install.sh [--wheel-dir DIR] [--no-start] [--with-host-fixes] [--without-apprise]
 #
 # What it does, in order:
 #   1. a virtual environment in $PREFIX (default /opt/gpuwatchd) holding gpuwatchd
@@ -32,6 +32,9 @@
 #                      WARNING: this needs a daemon-reload, which on affected hosts
 #                      (Docker's systemd cgroup driver) itself revokes GPU access in
 #                      running containers; a running gpuwatchd then heals them.
+#   --without-apprise  leave out Apprise (gpuwatchd[apprise]), the library behind
+#                      [notify] urls (ntfy, Discord, Telegram, e-mail…). Installed by
+#                      default; without it a config that sets urls is refused.
 # Environment: PREFIX, CONFIG_DIR, UNIT_DIR, PYTHON (default python3, >= 3.10).
 set -euo pipefail
 
@@ -47,6 +50,7 @@ ARGS=("$@")
 WHEEL_DIR=""
 START=1
 HOST_FIXES=0
+APPRISE=1
 
 say() { printf 'gpuwatchd install: %s\n' "$*"; }
 die() { printf 'gpuwatchd install: error: %s\n' "$*" >&2; exit 1; }
@@ -59,6 +63,7 @@ while [ $# -gt 0 ]; do
         --wheel-dir=*) WHEEL_DIR=${1#*=}; shift ;;
         --no-start) START=0; shift ;;
         --with-host-fixes) HOST_FIXES=1; shift ;;
+        --without-apprise) APPRISE=0; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown option: $1 (see --help)" ;;
     esac
@@ -158,7 +163,10 @@ say "building gpuwatchd $VERSION"
 WHEEL=$(compgen -G "$STAGE/dist/gpuwatchd-*.whl" | head -n1)
 say "installing gpuwatchd and its dependencies into $NEW"
 # No bytecode yet: it records the path it was compiled at, which is not $PREFIX.
-"${PIP[@]}" install --no-compile "${PIP_SOURCE[@]}" "$WHEEL" || die "pip install failed"
+# The extra goes with the wheel's path: pip reads "file.whl[apprise]".
+EXTRA=""
+[ "$APPRISE" -eq 0 ] || EXTRA="[apprise]"
+"${PIP[@]}" install --no-compile "${PIP_SOURCE[@]}" "$WHEEL$EXTRA" || die "pip install failed${WHEEL_DIR:+ (does $WHEEL_DIR hold the apprise wheels? or pass --without-apprise)}"
 "$NEW/bin/python" -c 'import systemd.journal, systemd.daemon' \
     || die "systemd-python is not importable in $NEW"
 [ ! -f "$SRC/README.md" ] || install -m 0644 "$SRC/README.md" "$NEW/README.md"

@@ -1,6 +1,7 @@
 """Faults survived at shutdown: the real daemon, SIGTERM during a notification storm
-with a trickling webhook and commands that ignore SIGTERM and leave children, ends
-within the unit's TimeoutStopSec and leaves no process behind."""
+with a webhook and an Apprise URL whose servers answer one byte at a time, and
+commands that ignore SIGTERM and leave children, ends within the unit's
+TimeoutStopSec and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -38,13 +39,15 @@ def test_sigterm_during_a_notification_storm_ends_in_time_with_no_orphans(
 ) -> None:
     """16 GPUs whose persistence mode cannot be set: 16 gpu_persistence_set_failed
     records at once, each notified by a command that ignores SIGTERM and starts a
-    child, and by a webhook that answers one byte every 0.5 s."""
+    child, and by a webhook and an Apprise URL whose servers answer one byte every
+    0.5 s."""
     limit = timeout_stop_sec()
     pids = tmp_path / "pids"
     pids.mkdir()
     command = tmp_path / "stubborn.py"
     command.write_text(STUBBORN)
     webhook = HostileServer(trickle())
+    apprise_target = HostileServer(trickle())
     try:
         gpu.set_gpu_count(16)
         gpu.set_persistence(False)
@@ -53,10 +56,13 @@ def test_sigterm_during_a_notification_storm_ends_in_time_with_no_orphans(
             "gpu": {"poll_interval": "1s"},
             "remediation": {"cooldown": "1s"},
             "notify": {"command": [sys.executable, str(command), str(pids)],
-                       "webhook": f"{webhook.url}/hook", "timeout": "60s"},
+                       "webhook": f"{webhook.url}/hook",
+                       "urls": [f"ntfy://127.0.0.1:{apprise_target.port}/gpu"],
+                       "timeout": "60s"},
         })
         daemon.wait_for("gpu_persistence_set_failed", count=16, timeout=60)
-        wait_for(lambda: len(pids_in(pids)) >= 2 and webhook.connections >= 1, 60,
+        wait_for(lambda: len(pids_in(pids)) >= 2 and webhook.connections >= 1
+                 and apprise_target.connections >= 1, 60,
                  message="notifications under way")
 
         started = time.monotonic()
@@ -77,6 +83,9 @@ def test_sigterm_during_a_notification_storm_ends_in_time_with_no_orphans(
         wait_for(lambda: not any(alive(p) for p in pids_in(pids)), 10,
                  message="no notification process left behind")
         wait_for(webhook.client_gone.is_set, 10, message="the webhook connection closed")
+        wait_for(apprise_target.client_gone.is_set, 10,
+                 message="the Apprise delivery's connection closed")
         assert not [line for line in daemon.other_lines if "Traceback" in line]
     finally:
         webhook.close()
+        apprise_target.close()

@@ -275,7 +275,9 @@ def _project_requirements() -> list[str]:
     # systemd-python comes from Debian's python3-systemd in the box; setuptools
     # is the build backend pip needs offline to build gpuwatchd's own wheel.
     deps = [d for d in project["project"]["dependencies"] if not d.startswith("systemd-python")]
-    return [*deps, *project["build-system"]["requires"]]
+    # install.sh installs the apprise extra by default.
+    extras = project["project"]["optional-dependencies"]["apprise"]
+    return [*deps, *extras, *project["build-system"]["requires"]]
 
 
 @pytest.fixture(scope="session")

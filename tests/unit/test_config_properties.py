@@ -291,7 +291,12 @@ def configs(draw: st.DrawFn) -> Config:
         notify=c.NotifyConfig(
             draw(st.just(()) | commands),
             draw(st.sampled_from(["", "http://x", "https://hooks.example.org:8443/a?b=c"])),
-            draw(d),
+            urls=tuple(draw(st.lists(
+                st.sampled_from(["ntfy://ntfy.sh/gpu", "json://127.0.0.1:8/",
+                                 "discord://1/t0k3n", "mailto://u:p@example.org"]),
+                max_size=3, unique=True,
+            ))),
+            timeout=draw(d),
         ),
         metrics=c.MetricsConfig(
             draw(st.sampled_from(["", "127.0.0.1:9400", "[::1]:1", "h:65535"]))
