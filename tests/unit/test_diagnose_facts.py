@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,12 @@ def test_find_process_in_the_real_proc() -> None:
         ["/usr/bin/nvidia-persistenced", "-c", "import time; time.sleep(60)",
          "--no-persistence-mode"], executable=sys.executable)
     try:
+        # Between fork and exec, /proc shows the parent's command line: wait for the exec.
+        cmdline = Path(f"/proc/{fake.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while not cmdline.read_bytes().startswith(b"/usr/bin/nvidia-persistenced\0"):
+            assert time.monotonic() < deadline, "the fake process did not exec"
+            time.sleep(0.01)
         found = find_process("nvidia-persistenced")
         assert found is not None
         pid, argv = found
