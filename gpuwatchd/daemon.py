@@ -88,6 +88,7 @@ from gpuwatchd.nvml import NvmlFailure as NvmlError
 from gpuwatchd.records import Record, RecordFolder, make_record
 from gpuwatchd.reload_watch import ReloadWatcher, ReloadWatchUnavailable
 from gpuwatchd.state_store import load_state, save_state, state_path
+from gpuwatchd.types import ProbeResult
 from gpuwatchd.watchset import control_target, is_watched
 
 T = TypeVar("T")
@@ -118,6 +119,8 @@ class _DockerEvent:
 class _DockerStatus:
     connected: bool
     error: str | None
+    #: From the event stream (a reconnect resyncs), or a worker's call that succeeded.
+    stream: bool = True
 
 
 @dataclass(frozen=True)
@@ -391,6 +394,28 @@ class Daemon:
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _docker(self, call: str, container: str | None,
+                      fn: Callable[..., T], *args: Any) -> T:
+        """One Docker call on a worker: its error is that call's, not the engine's.
+
+        A failure is recorded (``docker_call_failed``) and raised to the caller,
+        which ends its own work failed; only the event stream reports the engine
+        down. A call that succeeds while the engine is reported down marks it
+        available again.
+
+        Raises:
+            DockerUnavailable: the engine did not answer this call.
+        """
+        try:
+            result = await self._blocking(fn, *args)
+        except DockerUnavailable as exc:
+            self._record(make_record("docker_call_failed", call=call, container=container,
+                                     error=str(exc)))
+            raise
+        if self._docker_ok is False:
+            self._enqueue(_DockerStatus(True, None, stream=False))
+        return result
+
     def _enqueue(self, item: object) -> None:
         """Thread-safe: observers on other threads call this."""
         loop = self._loop
@@ -496,14 +521,28 @@ class Daemon:
     # -- actions -----------------------------------------------------------------------
 
     async def _probe(self, action: RunProbe) -> None:
+        """Run one probe; it always ends in a ProbeFinished.
+
+        A probe that could not run at all (the call failed, or anything raised)
+        ends as ``not_running``: it proves nothing either way, so the core
+        probes again rather than waiting for a result that cannot come.
+        """
+        try:
+            finished = await self._run_probe(action)
+        except Exception as exc:
+            if not isinstance(exc, DockerUnavailable):
+                self._record(make_record("internal_error", task=f"probe-{action.ref.name}",
+                                         error=f"{type(exc).__name__}: {exc}"))
+            finished = ProbeFinished(action.ref, action.purpose, ProbeResult.NOT_RUNNING,
+                                     None, f"probe could not run: {one_line(exc)}")
+        self._enqueue(finished)
+
+    async def _run_probe(self, action: RunProbe) -> ProbeFinished:
         async with self._probe_slots:
-            try:
-                outcome = await self._blocking(
-                    self._gateway.exec_probe, action.ref.id, action.command, action.timeout
-                )
-            except DockerUnavailable as exc:
-                self._enqueue(_DockerStatus(False, str(exc)))
-                return
+            outcome = await self._docker(
+                "exec_probe", action.ref.name,
+                self._gateway.exec_probe, action.ref.id, action.command, action.timeout,
+            )
         result = classify_probe(
             outcome.exit_code, outcome.output,
             timed_out=outcome.timed_out, exec_error=outcome.exec_error,
@@ -519,8 +558,8 @@ class Daemon:
         excerpt = outcome.output[:512].decode(errors="replace").strip()
         if outcome.exec_error:
             excerpt = excerpt or outcome.exec_error
-        self._enqueue(ProbeFinished(action.ref, action.purpose, result,
-                                    outcome.exit_code, excerpt, access))
+        return ProbeFinished(action.ref, action.purpose, result,
+                             outcome.exit_code, excerpt, access)
 
     async def _set_persistence(self, action: SetPersistence) -> None:
         results = []
@@ -558,10 +597,10 @@ class Daemon:
                                       started_at=after.started_at, state=_state(after)))
 
     async def _inspect(self, ref: str) -> ContainerInfo | None:
+        """The container's inspect data; None when it is gone or the call failed."""
         try:
-            return await self._blocking(self._gateway.inspect, ref)
-        except DockerUnavailable as exc:
-            self._enqueue(_DockerStatus(False, str(exc)))
+            return await self._docker("inspect", None, self._gateway.inspect, ref)
+        except DockerUnavailable:
             return None
 
     # -- Docker: events, watch set, followers, timers ----------------------------------
@@ -574,6 +613,10 @@ class Daemon:
 
     async def _on_docker_connection(self, status: _DockerStatus) -> None:
         if status.connected == self._docker_ok:
+            if status.connected and status.stream:
+                # The stream is back after a drop a worker's call already saw
+                # end: events may have been missed meanwhile.
+                await self._resync("docker connected")
             return
         self._docker_ok = status.connected
         if status.connected:

@@ -156,6 +156,15 @@ _ENTRIES: tuple[EventSpec, ...] = (
         ("error",),
     ),
     EventSpec(
+        "docker_call_failed",
+        _L.WARNING,
+        "one Docker call failed (timed out, refused); that call's work ends failed",
+        "Docker call {call} failed: {error}",
+        None,
+        ("call", "error"),
+        ("call",),
+    ),
+    EventSpec(
         "docker_available",
         _L.INFO,
         "the Docker engine answers again",
