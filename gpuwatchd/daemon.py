@@ -562,6 +562,8 @@ class Daemon:
                              outcome.exit_code, excerpt, access)
 
     async def _set_persistence(self, action: SetPersistence) -> None:
+        """Set persistence on each GPU; always ends in one PersistenceSetFinished,
+        with a failed result for every GPU whose call raised anything."""
         results = []
         for index in action.gpu_indices:
             uuid = next((g.uuid for g in self._gpus if g.index == index), "")
@@ -571,30 +573,41 @@ class Daemon:
             except NvmlError as exc:
                 hint = ": run gpuwatchd as root" if exc.kind == "no_permission" else ""
                 results.append(PersistenceSetResult(index, False, uuid, f"{exc}{hint}"))
+            except Exception as exc:
+                results.append(PersistenceSetResult(index, False, uuid,
+                                                    f"{type(exc).__name__}: {exc}"))
         self._enqueue(PersistenceSetFinished(tuple(results)))
         await self._poll_gpus_once()  # show the new state right away
 
     async def _restart(self, action: RestartContainer) -> None:
+        """Restart one container; always ends in one RestartFinished, failed
+        when anything raised (the engine, a parse, the thread pool)."""
+        try:
+            finished = await self._run_restart(action)
+        except Exception as exc:
+            finished = RestartFinished(action.ref, RestartOutcome.FAILED,
+                                       error=f"{type(exc).__name__}: {one_line(exc)}")
+        self._enqueue(finished)
+
+    async def _run_restart(self, action: RestartContainer) -> RestartFinished:
         ref = action.ref
         async with self._restart_slots:
             info = await self._inspect(ref.id)
             if info is None or info.status != "running":
                 # Never start what the operator stopped, never fight Docker.
                 state = _state(info) if info is not None else ContainerState.DEAD
-                self._enqueue(RestartFinished(ref, RestartOutcome.NOT_RUNNING, state=state))
-                return
+                return RestartFinished(ref, RestartOutcome.NOT_RUNNING, state=state)
             try:
-                await self._blocking(self._gateway.restart, ref.id, action.timeout)
+                await self._docker("restart", ref.name, self._gateway.restart,
+                                   ref.id, action.timeout)
                 after = await self._inspect(ref.id)
             except (docker.errors.APIError, DockerUnavailable) as exc:
-                self._enqueue(RestartFinished(ref, RestartOutcome.FAILED, error=one_line(exc)))
-                return
+                return RestartFinished(ref, RestartOutcome.FAILED, error=one_line(exc))
         if after is None:
-            self._enqueue(RestartFinished(ref, RestartOutcome.FAILED, error="container vanished"))
-            return
+            return RestartFinished(ref, RestartOutcome.FAILED, error="container vanished")
         self._attach(after, since=after.started_at)
-        self._enqueue(RestartFinished(ref, RestartOutcome.RESTARTED, new_ref=_ref(after),
-                                      started_at=after.started_at, state=_state(after)))
+        return RestartFinished(ref, RestartOutcome.RESTARTED, new_ref=_ref(after),
+                               started_at=after.started_at, state=_state(after))
 
     async def _inspect(self, ref: str) -> ContainerInfo | None:
         """The container's inspect data; None when it is gone or the call failed."""
