@@ -108,6 +108,7 @@ from gpuwatchd.events import (
     NvmlUnavailable,
     PauseRequested,
     PersistenceSetFinished,
+    PersistenceSetResult,
     ProbeFinished,
     ProbePurpose,
     ProbeTick,
@@ -140,6 +141,9 @@ VERIFY_FIRST = 0.5
 #: A probe unanswered for probe.timeout plus this long is presumed lost (an
 #: executor bug must not silence a container forever).
 PROBE_LOST_AFTER = 60.0
+#: A restart or persistence set unanswered for its own bound plus this long is
+#: presumed lost and ends failed: no remediation phase waits for ever.
+ACTION_LOST_AFTER = 60.0
 
 _HOST_CAUSES = {
     NvmlFailure.VERSION_MISMATCH: Cause.VERSION_MISMATCH,
@@ -287,6 +291,7 @@ class Core:
         self._docker_error: str | None = None
         self._last_reload: float | None = None
         self._set_in_flight = False
+        self._set_pending: tuple[int, ...] = ()
         self._set_attempts: dict[int, float] = {}
         self._host_skips: dict[str, float] = {}
         self._notify_skips: dict[tuple[str, Cause], float] = {}
@@ -562,10 +567,28 @@ class Core:
                 )
             return
         self._set_in_flight = True
-        self._out.append(SetPersistence(tuple(g.info.index for g in gpus)))
+        self._set_pending = tuple(g.info.index for g in gpus)
+        self._out.append(SetPersistence(self._set_pending))
+        self._wake(None, DeadlineKind.ACTION_LOST, now + self._persistence_bound())
+
+    def _persistence_bound(self) -> float:
+        return ACTION_LOST_AFTER + 10.0 * len(self._set_pending)
+
+    def _persistence_lost(self, now: float) -> None:
+        """The SetPersistence in flight got no answer: it ends failed on every GPU."""
+        if not self._set_in_flight:
+            return
+        error = f"no answer within {self._persistence_bound():g} s"
+        self._on_persistence_set(
+            PersistenceSetFinished(tuple(
+                PersistenceSetResult(index, False, error=error) for index in self._set_pending
+            )),
+            now,
+        )
 
     def _on_persistence_set(self, event: PersistenceSetFinished, now: float) -> None:
         self._set_in_flight = False
+        self._tokens.pop((None, DeadlineKind.ACTION_LOST), None)
         for r in event.results:
             g = self._gpus.get(r.index)
             uuid = r.uuid or (g.info.uuid if g else "")
@@ -940,6 +963,12 @@ class Core:
             return
         self._save()  # the budget is durable before the restart happens
         self._out.append(RestartContainer(c.ref, self._settings(c).restart_timeout))
+        self._wake(name, DeadlineKind.ACTION_LOST, now + self._restart_bound(c))
+
+    def _restart_bound(self, c: _Container) -> float:
+        # An inspect, the restart (its stop grace plus the call) and an inspect again.
+        return (self._settings(c).restart_timeout + 3 * self._config.docker.timeout
+                + ACTION_LOST_AFTER)
 
     def _emit_restarted(self, c: _Container, r: _Remediation) -> None:
         self._emit(
@@ -1136,6 +1165,8 @@ class Core:
                 self._save()
             return
         if name is None:
+            if event.kind is DeadlineKind.ACTION_LOST:
+                self._persistence_lost(now)
             return
         if event.kind is DeadlineKind.GIVE_UP_END:
             self._given_up_now(name, now)
@@ -1156,6 +1187,11 @@ class Core:
                     self._retry_verify(c, now)
         elif event.kind is DeadlineKind.VERIFY_DEADLINE:
             self._on_verify_deadline(c, now)
+        elif event.kind is DeadlineKind.ACTION_LOST:
+            r = c.remediation
+            if r is not None and r.phase is Phase.RESTARTING:
+                error = f"no answer within {self._restart_bound(c):g} s"
+                self._on_restarted(RestartFinished(c.ref, RestartOutcome.FAILED, error), now)
         elif event.kind is DeadlineKind.COOLDOWN_END:
             c.deferred_until = None
             if c.remediation is not None or c.state is not ContainerState.RUNNING:

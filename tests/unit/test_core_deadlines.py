@@ -13,7 +13,7 @@ import pytest
 from gpuwatchd.core import Phase
 from gpuwatchd.events import RestartContainer, RunProbe, SetPersistence
 
-from .core_harness import GPU0, GPU0_OFF, KONOMI, Harness, make_config, of
+from .core_harness import GPU0, GPU0_OFF, Harness, make_config, of
 
 #: Longer than any phase may last with the default config (restart_timeout 30 s,
 #: docker timeout 30 s, verify_timeout 60 s), and shorter than the window.
