@@ -36,8 +36,10 @@ The rules, in the words of issue 3:
   record. The daemon writes it at once, before that action's record, and
   never folds it; a true repeat with no consequence stays foldable.
 - **Probe results.** NVML failures are faults; ``timeout`` is recorded but is
-  no proof; ``probe_unavailable`` is never a fault and warns once per
-  container; ``not_running`` is ignored.
+  no proof; ``probe_unavailable`` is never a fault and warns once until a
+  probe runs in that container again; ``not_running`` is ignored. A heal is
+  verified by silence only where ``confirm_with_probe`` is off; otherwise a
+  probe must pass (``unverified`` at the deadline when none could run).
 - **Host drift.** A GPU seen with persistence Disabled is recorded once per
   transition, set again with ``enforce_persistence`` (retried at most once per
   ``cooldown``), and every watched container is probed at once. The time each
@@ -753,6 +755,9 @@ class Core:
         verifying = r is not None and r.phase is Phase.VERIFYING and not r.by_silence
         if result is not ProbeResult.NOT_RUNNING:
             c.last_result, c.last_probe_at = result, now
+        if result not in (ProbeResult.PROBE_UNAVAILABLE, ProbeResult.NOT_RUNNING):
+            # The probe ran: it is available again (the failure was transient).
+            self._probe_unavailable.discard(c.ref.name)
         if result is ProbeResult.PROBE_UNAVAILABLE:
             if c.ref.name not in self._probe_unavailable:
                 self._probe_unavailable.add(c.ref.name)
@@ -764,8 +769,9 @@ class Core:
                     exit_code=event.exit_code,
                     output=event.output or None,
                 )
-            if verifying and r is not None:
-                r.by_silence = True  # the deadline decides: running means unverified
+            if verifying:
+                # Nothing proves the heal: try again; at the deadline it is unverified.
+                self._retry_verify(c, now)
         elif result is ProbeResult.OK:
             if verifying:
                 self._recovered(c, now, "ok")
@@ -1001,9 +1007,8 @@ class Core:
             c.last_confirm = None  # a new process: its first matching line is confirmed at once
             self._emit_restarted(c, r)
             r.phase, r.restarted_at = Phase.VERIFYING, now
-            r.by_silence = (
-                not self._settings(c).confirm_with_probe or c.ref.name in self._probe_unavailable
-            )
+            # Silence verifies only where probes are off by configuration.
+            r.by_silence = not self._settings(c).confirm_with_probe
             self._wake(
                 c.ref.name,
                 DeadlineKind.VERIFY_DEADLINE,

@@ -234,7 +234,7 @@ _ENTRIES: tuple[EventSpec, ...] = (
     EventSpec(
         "probe_unavailable",
         _L.WARNING,
-        "the probe command cannot run in the container (once per container)",
+        "the probe command cannot run in the container (once, until a probe runs there again)",
         "cannot check NVML in {container}: probe command unavailable "
         "(exit {exit_code}); log matches cannot be confirmed there",
         None,
