@@ -842,9 +842,11 @@ class Daemon:
         if self._events is None or not self._events.alive:
             return False
         # The GPU poller must have come back recently (an NVML call that hangs
-        # forever blocks a worker and shows up here).
+        # forever blocks a worker and shows up here), the first poll included:
+        # a poll that fails (no NVML at all) comes back and counts, one that
+        # never returns does not.
         bound = self.config.gpu.poll_interval * 2 + 60.0
-        if self._last_gpu_poll and time.time() - self._last_gpu_poll > bound:
+        if time.time() - (self._last_gpu_poll or self.started_at) > bound:
             return False
         # The dispatcher must not be stuck on one item while work waits.
         return not (self._queue.qsize() > 0 and time.monotonic() - self._last_dispatch > 60.0)
