@@ -139,6 +139,14 @@ class _Reload:
     pass
 
 
+@dataclass(frozen=True)
+class _Apply:
+    """A core event whose sender waits until the core has applied it."""
+
+    event: Event
+    done: asyncio.Future[None]
+
+
 def _state(info: ContainerInfo) -> ContainerState:
     return _STATES.get(info.status, ContainerState.DEAD)
 
@@ -472,6 +480,12 @@ class Daemon:
             await self._resync(item.reason)
         elif isinstance(item, _Reload):
             await self._reload()
+        elif isinstance(item, _Apply):
+            try:
+                await self._feed(item.event)
+            finally:
+                if not item.done.done():
+                    item.done.set_result(None)
         else:
             await self._feed(item)  # type: ignore[arg-type]
 
@@ -646,6 +660,8 @@ class Daemon:
         if action == "destroy":
             await self._forget(cid, "destroyed")
             return
+        if cid not in self._watched and not self._may_select(cid, raw):
+            return  # never watched, and its attributes say it is not selected: no I/O
         info = await self._inspect(cid)
         if info is None:
             await self._forget(cid, "destroyed")
@@ -700,6 +716,22 @@ class Daemon:
                 await self._forget(cid, "destroyed")
         for info in containers:
             await self._observe(info, reason=reason)
+
+    def _may_select(self, cid: str, raw: dict[str, Any]) -> bool:
+        """Whether the watch set may select the container an event is about,
+        judged from the event alone (its name and labels are attributes of
+        every container event). ``all_gpu_containers`` needs the inspect."""
+        if self.config.watch.all_gpu_containers:
+            return True
+        attributes = raw.get("Actor", {}).get("Attributes") or {}
+        if not isinstance(attributes, dict):
+            return True
+        name = str(attributes.get("name") or "")
+        if not name:
+            return True  # an event without a name: look, to be safe
+        labels = {str(k): str(v) for k, v in attributes.items()}
+        summary = ContainerInfo(cid, name.lstrip("/"), "", 0.0, labels)
+        return is_watched(summary, self.config.watch)
 
     def _candidate(self, summary: ContainerInfo) -> bool:
         """Worth a full inspect in a resync (called on a worker thread)."""
@@ -911,19 +943,25 @@ class Daemon:
         if command == "status":
             return self.status_document()
         if command == "reset":
-            self._queue.put_nowait(ResetRequested(container))
+            await self._apply(ResetRequested(container))
             return {"reset": container or "all"}
         if command == "pause":
             duration = pause_duration(request.get("for"))
             target = self._control_target(container)
             until = None if duration is None else time.time() + duration
-            self._queue.put_nowait(PauseRequested(target, until))
+            await self._apply(PauseRequested(target, until))
             return {"paused": target or "all", "until": until}
         if command == "resume":
             target = self._control_target(container, resuming=True)
-            self._queue.put_nowait(ResumeRequested(target))
+            await self._apply(ResumeRequested(target))
             return {"resumed": target or "all"}
         raise ControlError(f"unknown command {command!r}")
+
+    async def _apply(self, event: Event) -> None:
+        """Hand ``event`` to the core through the dispatcher; return once applied."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Apply(event, done))
+        await done
 
     def _control_target(self, name: str | None, *, resuming: bool = False) -> str | None:
         """The container a pause/resume names (see :func:`control_target`); raises
