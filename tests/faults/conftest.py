@@ -1,5 +1,5 @@
-"""Fixtures for fault tests: the live tests' watch set and daemon subprocess."""
+"""Fixtures for the faults-survived tests: the live daemon fixtures, shared."""
 
-from tests.live.conftest import start_daemon, watch_label, watched
+from tests.live.conftest import start_daemon, watch_label
 
-__all__ = ["start_daemon", "watch_label", "watched"]
+__all__ = ["start_daemon", "watch_label"]

@@ -48,12 +48,13 @@ class OneProbeFails(DockerGateway):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_one_failed_probe_call_is_that_calls_error_and_the_next_fault_heals(
     bench: Bench, gpu: GpuController, make_container: Callable[..., Container],
-    watched: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    watch_label: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A probe whose exec call fails is recorded for that call, ends (so the
     container is probed again at once), and the engine is not marked down:
     the next real fault is healed as usual."""
     use_stand_in_driver(bench, gpu, monkeypatch)
+    watched = {watch_label: "1"}
     await asyncio.to_thread(gpu.set_persistence, True)
     konomi = await asyncio.to_thread(make_container, "konomi", labels=watched)
     gateway = OneProbeFails(pool_size=16)

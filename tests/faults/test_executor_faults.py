@@ -63,11 +63,12 @@ class FirstSetRaises(Nvml):
 
 async def test_a_restart_that_raises_ends_failed_and_the_next_fault_heals(
     bench: Bench, gpu: GpuController, make_container: Callable[..., Container],
-    watched: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    watch_label: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The restart raises: remediation_failed (restart_error), and the container is
     watched on; its fault, still there, is healed by the next restart."""
     use_stand_in_driver(bench, gpu, monkeypatch)
+    watched = {watch_label: "1"}
     await asyncio.to_thread(gpu.set_persistence, True)
     konomi = await asyncio.to_thread(make_container, "konomi", labels=watched)
     config = fault_config(tmp_path, watched, remediation=RemediationConfig(cooldown=1.0))
@@ -85,11 +86,12 @@ async def test_a_restart_that_raises_ends_failed_and_the_next_fault_heals(
 
 async def test_a_persistence_set_that_raises_ends_failed_and_is_enforced_again(
     bench: Bench, gpu: GpuController, make_container: Callable[..., Container],
-    watched: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    watch_label: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Setting persistence raises: gpu_persistence_set_failed, and persistence is
     enforced again at the next attempt; a container's fault then heals."""
     use_stand_in_driver(bench, gpu, monkeypatch)
+    watched = {watch_label: "1"}
     await asyncio.to_thread(gpu.set_persistence, False)
     konomi = await asyncio.to_thread(make_container, "konomi", labels=watched)
     config = fault_config(tmp_path, watched, gpu=GpuConfig(poll_interval=1.0),

@@ -51,9 +51,10 @@ class SlowInspect(DockerGateway):
 
 async def test_events_of_unwatched_containers_cost_no_io_and_pause_is_applied_when_answered(
     bench: Bench, gpu: GpuController, make_container: Callable[..., Container],
-    watched: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    watch_label: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     use_stand_in_driver(bench, gpu, monkeypatch)
+    watched = {watch_label: "1"}
     await asyncio.to_thread(gpu.set_persistence, True)
     gateway = SlowInspect(pool_size=16)
     config = fault_config(tmp_path, watched)
