@@ -36,8 +36,10 @@ The rules:
   record. The daemon writes it at once, before that action's record, and
   never folds it; a true repeat with no consequence stays foldable.
 - **Probe results.** NVML failures are faults; ``timeout`` is recorded but is
-  no proof; ``probe_unavailable`` is never a fault and warns once per
-  container; ``not_running`` is ignored.
+  no proof; ``probe_unavailable`` is never a fault and warns once until a
+  probe runs in that container again; ``not_running`` is ignored. A heal is
+  verified by silence only where ``confirm_with_probe`` is off; otherwise a
+  probe must pass (``unverified`` at the deadline when none could run).
 - **Host drift.** A GPU seen with persistence Disabled is recorded once per
   transition, set again with ``enforce_persistence`` (retried at most once per
   ``cooldown``), and every watched container is probed at once. The time each
@@ -108,6 +110,7 @@ from gpuwatchd.events import (
     NvmlUnavailable,
     PauseRequested,
     PersistenceSetFinished,
+    PersistenceSetResult,
     ProbeFinished,
     ProbePurpose,
     ProbeTick,
@@ -140,6 +143,9 @@ VERIFY_FIRST = 0.5
 #: A probe unanswered for probe.timeout plus this long is presumed lost (an
 #: executor bug must not silence a container forever).
 PROBE_LOST_AFTER = 60.0
+#: A restart or persistence set unanswered for its own bound plus this long is
+#: presumed lost and ends failed: no remediation phase waits for ever.
+ACTION_LOST_AFTER = 60.0
 
 _HOST_CAUSES = {
     NvmlFailure.VERSION_MISMATCH: Cause.VERSION_MISMATCH,
@@ -288,6 +294,7 @@ class Core:
         self._docker_error: str | None = None
         self._last_reload: float | None = None
         self._set_in_flight = False
+        self._set_pending: tuple[int, ...] = ()
         self._set_attempts: dict[int, float] = {}
         self._host_skips: dict[str, float] = {}
         self._notify_skips: dict[tuple[str, Cause], float] = {}
@@ -572,10 +579,28 @@ class Core:
                 )
             return
         self._set_in_flight = True
-        self._out.append(SetPersistence(tuple(g.info.index for g in gpus)))
+        self._set_pending = tuple(g.info.index for g in gpus)
+        self._out.append(SetPersistence(self._set_pending))
+        self._wake(None, DeadlineKind.ACTION_LOST, now + self._persistence_bound())
+
+    def _persistence_bound(self) -> float:
+        return ACTION_LOST_AFTER + 10.0 * len(self._set_pending)
+
+    def _persistence_lost(self, now: float) -> None:
+        """The SetPersistence in flight got no answer: it ends failed on every GPU."""
+        if not self._set_in_flight:
+            return
+        error = f"no answer within {self._persistence_bound():g} s"
+        self._on_persistence_set(
+            PersistenceSetFinished(tuple(
+                PersistenceSetResult(index, False, error=error) for index in self._set_pending
+            )),
+            now,
+        )
 
     def _on_persistence_set(self, event: PersistenceSetFinished, now: float) -> None:
         self._set_in_flight = False
+        self._tokens.pop((None, DeadlineKind.ACTION_LOST), None)
         for r in event.results:
             g = self._gpus.get(r.index)
             uuid = r.uuid or (g.info.uuid if g else "")
@@ -740,6 +765,9 @@ class Core:
         verifying = r is not None and r.phase is Phase.VERIFYING and not r.by_silence
         if result is not ProbeResult.NOT_RUNNING:
             c.last_result, c.last_probe_at = result, now
+        if result not in (ProbeResult.PROBE_UNAVAILABLE, ProbeResult.NOT_RUNNING):
+            # The probe ran: it is available again (the failure was transient).
+            self._probe_unavailable.discard(c.ref.name)
         if result is ProbeResult.PROBE_UNAVAILABLE:
             if c.ref.name not in self._probe_unavailable:
                 self._probe_unavailable.add(c.ref.name)
@@ -751,8 +779,9 @@ class Core:
                     exit_code=event.exit_code,
                     output=event.output or None,
                 )
-            if verifying and r is not None:
-                r.by_silence = True  # the deadline decides: running means unverified
+            if verifying:
+                # Nothing proves the heal: try again; at the deadline it is unverified.
+                self._retry_verify(c, now)
         elif result is ProbeResult.OK:
             if verifying:
                 self._recovered(c, now, "ok")
@@ -950,6 +979,12 @@ class Core:
             return
         self._save()  # the budget is durable before the restart happens
         self._out.append(RestartContainer(c.ref, self._settings(c).restart_timeout))
+        self._wake(name, DeadlineKind.ACTION_LOST, now + self._restart_bound(c))
+
+    def _restart_bound(self, c: _Container) -> float:
+        # An inspect, the restart (its stop grace plus the call) and an inspect again.
+        return (self._settings(c).restart_timeout + 3 * self._config.docker.timeout
+                + ACTION_LOST_AFTER)
 
     def _emit_restarted(self, c: _Container, r: _Remediation) -> None:
         self._emit(
@@ -985,9 +1020,8 @@ class Core:
                 now, "restarted", r.cause.value, r.confidence.value if r.confidence else None))
             self._save()
             r.phase, r.restarted_at = Phase.VERIFYING, now
-            r.by_silence = (
-                not self._settings(c).confirm_with_probe or c.ref.name in self._probe_unavailable
-            )
+            # Silence verifies only where probes are off by configuration.
+            r.by_silence = not self._settings(c).confirm_with_probe
             self._wake(
                 c.ref.name,
                 DeadlineKind.VERIFY_DEADLINE,
@@ -1152,6 +1186,8 @@ class Core:
                 self._save()
             return
         if name is None:
+            if event.kind is DeadlineKind.ACTION_LOST:
+                self._persistence_lost(now)
             return
         if event.kind is DeadlineKind.GIVE_UP_END:
             self._given_up_now(name, now)
@@ -1172,6 +1208,11 @@ class Core:
                     self._retry_verify(c, now)
         elif event.kind is DeadlineKind.VERIFY_DEADLINE:
             self._on_verify_deadline(c, now)
+        elif event.kind is DeadlineKind.ACTION_LOST:
+            r = c.remediation
+            if r is not None and r.phase is Phase.RESTARTING:
+                error = f"no answer within {self._restart_bound(c):g} s"
+                self._on_restarted(RestartFinished(c.ref, RestartOutcome.FAILED, error), now)
         elif event.kind is DeadlineKind.COOLDOWN_END:
             c.deferred_until = None
             if c.remediation is not None or c.state is not ContainerState.RUNNING:

@@ -89,6 +89,7 @@ from gpuwatchd.nvml import NvmlFailure as NvmlError
 from gpuwatchd.records import RELOAD_ADVICE, Record, RecordFolder, make_record
 from gpuwatchd.reload_watch import ReloadWatcher, ReloadWatchUnavailable
 from gpuwatchd.state_store import load_state, save_state, state_path
+from gpuwatchd.types import ProbeResult
 from gpuwatchd.watchset import control_target, is_watched
 
 T = TypeVar("T")
@@ -121,6 +122,8 @@ class _DockerEvent:
 class _DockerStatus:
     connected: bool
     error: str | None
+    #: From the event stream (a reconnect resyncs), or a worker's call that succeeded.
+    stream: bool = True
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,14 @@ class _Resync:
 @dataclass(frozen=True)
 class _Reload:
     pass
+
+
+@dataclass(frozen=True)
+class _Apply:
+    """A core event whose sender waits until the core has applied it."""
+
+    event: Event
+    done: asyncio.Future[None]
 
 
 def _state(info: ContainerInfo) -> ContainerState:
@@ -401,6 +412,28 @@ class Daemon:
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _docker(self, call: str, container: str | None,
+                      fn: Callable[..., T], *args: Any) -> T:
+        """One Docker call on a worker: its error is that call's, not the engine's.
+
+        A failure is recorded (``docker_call_failed``) and raised to the caller,
+        which ends its own work failed; only the event stream reports the engine
+        down. A call that succeeds while the engine is reported down marks it
+        available again.
+
+        Raises:
+            DockerUnavailable: the engine did not answer this call.
+        """
+        try:
+            result = await self._blocking(fn, *args)
+        except DockerUnavailable as exc:
+            self._record(make_record("docker_call_failed", call=call, container=container,
+                                     error=str(exc)))
+            raise
+        if self._docker_ok is False:
+            self._enqueue(_DockerStatus(True, None, stream=False))
+        return result
+
     def _enqueue(self, item: object) -> None:
         """Thread-safe: observers on other threads call this."""
         loop = self._loop
@@ -457,6 +490,12 @@ class Daemon:
             await self._resync(item.reason)
         elif isinstance(item, _Reload):
             await self._reload()
+        elif isinstance(item, _Apply):
+            try:
+                await self._feed(item.event)
+            finally:
+                if not item.done.done():
+                    item.done.set_result(None)
         else:
             await self._feed(item)  # type: ignore[arg-type]
 
@@ -506,14 +545,28 @@ class Daemon:
     # -- actions -----------------------------------------------------------------------
 
     async def _probe(self, action: RunProbe) -> None:
+        """Run one probe; it always ends in a ProbeFinished.
+
+        A probe that could not run at all (the call failed, or anything raised)
+        ends as ``not_running``: it proves nothing either way, so the core
+        probes again rather than waiting for a result that cannot come.
+        """
+        try:
+            finished = await self._run_probe(action)
+        except Exception as exc:
+            if not isinstance(exc, DockerUnavailable):
+                self._record(make_record("internal_error", task=f"probe-{action.ref.name}",
+                                         error=f"{type(exc).__name__}: {exc}"))
+            finished = ProbeFinished(action.ref, action.purpose, ProbeResult.NOT_RUNNING,
+                                     None, f"probe could not run: {one_line(exc)}")
+        self._enqueue(finished)
+
+    async def _run_probe(self, action: RunProbe) -> ProbeFinished:
         async with self._probe_slots:
-            try:
-                outcome = await self._blocking(
-                    self._gateway.exec_probe, action.ref.id, action.command, action.timeout
-                )
-            except DockerUnavailable as exc:
-                self._enqueue(_DockerStatus(False, str(exc)))
-                return
+            outcome = await self._docker(
+                "exec_probe", action.ref.name,
+                self._gateway.exec_probe, action.ref.id, action.command, action.timeout,
+            )
         result = classify_probe(
             outcome.exit_code, outcome.output,
             timed_out=outcome.timed_out, exec_error=outcome.exec_error,
@@ -530,10 +583,12 @@ class Daemon:
         excerpt = outcome.output[:512].decode(errors="replace").strip()
         if outcome.exec_error:
             excerpt = excerpt or outcome.exec_error
-        self._enqueue(ProbeFinished(action.ref, action.purpose, result,
-                                    outcome.exit_code, excerpt, access))
+        return ProbeFinished(action.ref, action.purpose, result,
+                             outcome.exit_code, excerpt, access)
 
     async def _set_persistence(self, action: SetPersistence) -> None:
+        """Set persistence on each GPU; always ends in one PersistenceSetFinished,
+        with a failed result for every GPU whose call raised anything."""
         results = []
         for index in action.gpu_indices:
             uuid = next((g.uuid for g in self._gpus if g.index == index), "")
@@ -543,36 +598,47 @@ class Daemon:
             except NvmlError as exc:
                 hint = ": run gpuwatchd as root" if exc.kind == "no_permission" else ""
                 results.append(PersistenceSetResult(index, False, uuid, f"{exc}{hint}"))
+            except Exception as exc:
+                results.append(PersistenceSetResult(index, False, uuid,
+                                                    f"{type(exc).__name__}: {exc}"))
         self._enqueue(PersistenceSetFinished(tuple(results)))
         await self._poll_gpus_once()  # show the new state right away
 
     async def _restart(self, action: RestartContainer) -> None:
+        """Restart one container; always ends in one RestartFinished, failed
+        when anything raised (the engine, a parse, the thread pool)."""
+        try:
+            finished = await self._run_restart(action)
+        except Exception as exc:
+            finished = RestartFinished(action.ref, RestartOutcome.FAILED,
+                                       error=f"{type(exc).__name__}: {one_line(exc)}")
+        self._enqueue(finished)
+
+    async def _run_restart(self, action: RestartContainer) -> RestartFinished:
         ref = action.ref
         async with self._restart_slots:
             info = await self._inspect(ref.id)
             if info is None or info.status != "running":
                 # Never start what the operator stopped, never fight Docker.
                 state = _state(info) if info is not None else ContainerState.DEAD
-                self._enqueue(RestartFinished(ref, RestartOutcome.NOT_RUNNING, state=state))
-                return
+                return RestartFinished(ref, RestartOutcome.NOT_RUNNING, state=state)
             try:
-                await self._blocking(self._gateway.restart, ref.id, action.timeout)
+                await self._docker("restart", ref.name, self._gateway.restart,
+                                   ref.id, action.timeout)
                 after = await self._inspect(ref.id)
             except (docker.errors.APIError, DockerUnavailable) as exc:
-                self._enqueue(RestartFinished(ref, RestartOutcome.FAILED, error=one_line(exc)))
-                return
+                return RestartFinished(ref, RestartOutcome.FAILED, error=one_line(exc))
         if after is None:
-            self._enqueue(RestartFinished(ref, RestartOutcome.FAILED, error="container vanished"))
-            return
+            return RestartFinished(ref, RestartOutcome.FAILED, error="container vanished")
         self._attach(after, since=after.started_at)
-        self._enqueue(RestartFinished(ref, RestartOutcome.RESTARTED, new_ref=_ref(after),
-                                      started_at=after.started_at, state=_state(after)))
+        return RestartFinished(ref, RestartOutcome.RESTARTED, new_ref=_ref(after),
+                               started_at=after.started_at, state=_state(after))
 
     async def _inspect(self, ref: str) -> ContainerInfo | None:
+        """The container's inspect data; None when it is gone or the call failed."""
         try:
-            return await self._blocking(self._gateway.inspect, ref)
-        except DockerUnavailable as exc:
-            self._enqueue(_DockerStatus(False, str(exc)))
+            return await self._docker("inspect", None, self._gateway.inspect, ref)
+        except DockerUnavailable:
             return None
 
     # -- Docker: events, watch set, followers, timers ----------------------------------
@@ -585,6 +651,10 @@ class Daemon:
 
     async def _on_docker_connection(self, status: _DockerStatus) -> None:
         if status.connected == self._docker_ok:
+            if status.connected and status.stream:
+                # The stream is back after a drop a worker's call already saw
+                # end: events may have been missed meanwhile.
+                await self._resync("docker connected")
             return
         self._docker_ok = status.connected
         if status.connected:
@@ -602,6 +672,8 @@ class Daemon:
         if action == "destroy":
             await self._forget(cid, "destroyed")
             return
+        if cid not in self._watched and not self._may_select(cid, raw):
+            return  # never watched, and its attributes say it is not selected: no I/O
         info = await self._inspect(cid)
         if info is None:
             await self._forget(cid, "destroyed")
@@ -679,6 +751,22 @@ class Daemon:
                 await self._forget(cid, "destroyed")
         for info in containers:
             await self._observe(info, reason=reason)
+
+    def _may_select(self, cid: str, raw: dict[str, Any]) -> bool:
+        """Whether the watch set may select the container an event is about,
+        judged from the event alone (its name and labels are attributes of
+        every container event). ``all_gpu_containers`` needs the inspect."""
+        if self.config.watch.all_gpu_containers:
+            return True
+        attributes = raw.get("Actor", {}).get("Attributes") or {}
+        if not isinstance(attributes, dict):
+            return True
+        name = str(attributes.get("name") or "")
+        if not name:
+            return True  # an event without a name: look, to be safe
+        labels = {str(k): str(v) for k, v in attributes.items()}
+        summary = ContainerInfo(cid, name.lstrip("/"), "", 0.0, labels)
+        return is_watched(summary, self.config.watch)
 
     def _candidate(self, summary: ContainerInfo) -> bool:
         """Worth a full inspect in a resync (called on a worker thread)."""
@@ -821,9 +909,11 @@ class Daemon:
         if self._events is None or not self._events.alive:
             return False
         # The GPU poller must have come back recently (an NVML call that hangs
-        # forever blocks a worker and shows up here).
+        # forever blocks a worker and shows up here), the first poll included:
+        # a poll that fails (no NVML at all) comes back and counts, one that
+        # never returns does not.
         bound = self.config.gpu.poll_interval * 2 + 60.0
-        if self._last_gpu_poll and time.time() - self._last_gpu_poll > bound:
+        if time.time() - (self._last_gpu_poll or self.started_at) > bound:
             return False
         # The dispatcher must not be stuck on one item while work waits.
         return not (self._queue.qsize() > 0 and time.monotonic() - self._last_dispatch > 60.0)
@@ -892,19 +982,25 @@ class Daemon:
             assert self._core is not None
             return {"now": time.time(), "state": self._core.persisted().to_json()}
         if command == "reset":
-            self._queue.put_nowait(ResetRequested(container))
+            await self._apply(ResetRequested(container))
             return {"reset": container or "all"}
         if command == "pause":
             duration = pause_duration(request.get("for"))
             target = self._control_target(container)
             until = None if duration is None else time.time() + duration
-            self._queue.put_nowait(PauseRequested(target, until))
+            await self._apply(PauseRequested(target, until))
             return {"paused": target or "all", "until": until}
         if command == "resume":
             target = self._control_target(container, resuming=True)
-            self._queue.put_nowait(ResumeRequested(target))
+            await self._apply(ResumeRequested(target))
             return {"resumed": target or "all"}
         raise ControlError(f"unknown command {command!r}")
+
+    async def _apply(self, event: Event) -> None:
+        """Hand ``event`` to the core through the dispatcher; return once applied."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Apply(event, done))
+        await done
 
     def _control_target(self, name: str | None, *, resuming: bool = False) -> str | None:
         """The container a pause/resume names (see :func:`control_target`); raises

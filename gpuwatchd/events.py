@@ -118,6 +118,7 @@ class DeadlineKind(StrEnum):
     COOLDOWN_END = "cooldown_end"  #: a deferred fault may be acted on now
     GIVE_UP_END = "give_up_end"  #: a given-up container's window has passed
     PAUSE_END = "pause_end"  #: an operator's pause runs out
+    ACTION_LOST = "action_lost"  #: a restart or persistence set got no answer in time
 
 
 # -- events in --------------------------------------------------------------------------

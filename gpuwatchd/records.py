@@ -156,6 +156,15 @@ _ENTRIES: tuple[EventSpec, ...] = (
         ("error",),
     ),
     EventSpec(
+        "docker_call_failed",
+        _L.WARNING,
+        "one Docker call failed (timed out, refused); that call's work ends failed",
+        "Docker call {call} failed: {error}",
+        None,
+        ("call", "error"),
+        ("call",),
+    ),
+    EventSpec(
         "docker_available",
         _L.INFO,
         "the Docker engine answers again",
@@ -237,7 +246,7 @@ _ENTRIES: tuple[EventSpec, ...] = (
     EventSpec(
         "probe_unavailable",
         _L.WARNING,
-        "the probe command cannot run in the container (once per container)",
+        "the probe command cannot run in the container (once, until a probe runs there again)",
         "cannot check NVML in {container}: probe command unavailable "
         "(exit {exit_code}); log matches cannot be confirmed there",
         None,

@@ -78,7 +78,8 @@ class TestSteps:
         out = h.finish_set()
         assert names(out) == ["gpu_persistence_enabled"]
         kinds = [type(a).__name__ for a in out if not isinstance(a, type(out[0]))]
-        assert kinds == ["SaveState", "RestartContainer"]  # budget durable before the restart
+        # The budget is durable before the restart; the restart has a deadline.
+        assert kinds == ["SaveState", "RestartContainer", "ScheduleWakeup"]
         (restart,) = of(out, RestartContainer)
         assert isinstance(restart, RestartContainer) and restart.timeout == 30.0
         out = h.finish_restart()
