@@ -19,6 +19,7 @@ import itertools
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -1063,9 +1064,33 @@ def run_daemon(
     """
     configure_logging(log_format)
     try:
-        return asyncio.run(Daemon(config, force_dry_run=force_dry_run).run())
+        status = asyncio.run(Daemon(config, force_dry_run=force_dry_run).run())
     except KeyboardInterrupt:
-        return int(ExitCode.OK)
+        status = int(ExitCode.OK)
+    _exit_past_stuck_threads(status)
+    return status
+
+
+#: How long, after shutdown, threads still running may take to finish.
+EXIT_GRACE = 2.0
+
+
+def _exit_past_stuck_threads(status: int) -> None:
+    """Exit at once when a worker is still stuck in a blocking call (an NVML call
+    that never returns): the interpreter would otherwise wait for it at exit, past
+    systemd's TimeoutStopSec. By now the state is saved and the last record written."""
+    deadline = time.monotonic() + EXIT_GRACE
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        log.warning("exit_past_stuck_threads", threads=stuck)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
 
 
 __all__ = ["Daemon", "run_daemon"]

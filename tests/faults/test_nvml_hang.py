@@ -73,4 +73,6 @@ def test_nvml_hanging_from_the_first_call_stops_the_watchdog_ping(
     # No GPU poll ever came back: past the bound (and a ping period), no ping.
     late = [at for at in pings if at > BOUND + 5]
     assert late == [], f"pinged {len(late)} times after the bound"
+    # SIGTERM still ends it, the NVML call stuck in its worker notwithstanding.
+    assert daemon.stop(timeout=30) == 0, "the daemon needed SIGKILL"
     gpu.set_init_delay(0)
