@@ -33,7 +33,7 @@ PROG = "gpuwatchd"
 #: Overrides DEFAULT_CONFIG_PATH when set and not empty (handy for tests and
 #: for a second instance); ``--config`` overrides both.
 CONFIG_ENV = "GPUWATCHD_CONFIG"
-#: The choices of ``run --log-format``; the same as ``gpuwatchd.log.LOG_FORMATS``
+#: The choices of ``run --log-format``; the same as ``gpuwatchd.sinks.log.LOG_FORMATS``
 #: (a test pins that down), spelled here so ``--help`` need not import structlog.
 LOG_FORMATS = ("console", "json", "journal")
 
@@ -202,7 +202,7 @@ def _warn_unparsed_urls(config: Config) -> None:
     if not config.notify.urls:
         return
     from gpuwatchd.config import url_scheme
-    from gpuwatchd.deliver import apprise_understands
+    from gpuwatchd.sinks.deliver import apprise_understands
 
     for i, url in enumerate(config.notify.urls):
         if not apprise_understands(url):
@@ -212,8 +212,8 @@ def _warn_unparsed_urls(config: Config) -> None:
 
 def _warn_without_ip_sockets(config: Config) -> None:
     """One line when the config sends over the network and the installed unit
-    (as far as :mod:`gpuwatchd.unit_network` can tell) allows AF_UNIX only."""
-    from gpuwatchd import unit_network
+    (as far as :mod:`gpuwatchd.adapters.unit_network` can tell) allows AF_UNIX only."""
+    from gpuwatchd.adapters import unit_network
 
     needs = [key for key, value in (("notify.urls", config.notify.urls),
                                     ("notify.webhook", config.notify.webhook)) if value]
@@ -248,7 +248,7 @@ def runtime_dir_from_args(args: argparse.Namespace) -> Path:
 
 def _control(args: argparse.Namespace, payload: dict[str, Any]) -> tuple[int, Any]:
     """Send ``payload``; (OK, result), or one line on stderr and (NO_DAEMON | PROBLEM, None)."""
-    from gpuwatchd.control import ControlError, NoDaemon, request
+    from gpuwatchd.observers.control import ControlError, NoDaemon, request
 
     try:
         return ExitCode.OK, request(runtime_dir_from_args(args), payload)
@@ -419,8 +419,8 @@ def diagnose_command(args: argparse.Namespace) -> int:
     """Gather the facts, judge them, print the diagnosis; the exit status is its verdict."""
     import json
 
-    from gpuwatchd.diagnose import diagnose, render_text, to_json
-    from gpuwatchd.host_context import NoSuchContainer, gather
+    from gpuwatchd.diagnose.facts import NoSuchContainer, gather
+    from gpuwatchd.diagnose.verdict import diagnose, render_text, to_json
 
     config = diagnose_config(args)
     try:

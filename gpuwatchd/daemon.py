@@ -2,7 +2,7 @@
 
 Observers (Docker events, log followers, the NVML poller, probe timers, the
 systemd reload watcher, the control socket) only *enqueue*. One dispatcher
-task takes each item in turn, hands core events to :class:`gpuwatchd.core.Core`
+task takes each item in turn, hands core events to :class:`gpuwatchd.core.machine.Core`
 and starts the actions it returns, so the core never needs a lock. Blocking
 calls (docker SDK, pynvml, file writes) run in a bounded thread pool; streams
 run on their own threads.
@@ -31,21 +31,26 @@ from typing import Any, TypeVar
 import docker.errors
 import structlog
 
-from gpuwatchd import __version__, sdnotify
-from gpuwatchd.classify import classify_probe
-from gpuwatchd.config import Config, ConfigError, check_notify_available, load_config
-from gpuwatchd.control import ControlError, ControlServer, pause_duration
-from gpuwatchd.core import Core
-from gpuwatchd.device_check import ReloadExposure, reload_exposure
-from gpuwatchd.device_check_run import device_access, scope_device_allow
-from gpuwatchd.docker_io import (
+from gpuwatchd import __version__
+from gpuwatchd.adapters import sdnotify
+from gpuwatchd.adapters.device_check import device_access, scope_device_allow
+from gpuwatchd.adapters.docker_engine import (
     ContainerInfo,
     DockerGateway,
     DockerUnavailable,
     one_line,
 )
-from gpuwatchd.event_watcher import EventWatcher
-from gpuwatchd.events import (
+from gpuwatchd.adapters.instance import InstanceLock, check_private_dir, claim
+from gpuwatchd.adapters.nvml import Nvml
+from gpuwatchd.adapters.nvml import NvmlFailure as NvmlError
+from gpuwatchd.adapters.state_file import load_state, save_state, state_path
+from gpuwatchd.config import Config, ConfigError, check_notify_available, load_config
+from gpuwatchd.core.classify import classify_probe
+from gpuwatchd.core.device_access import ReloadExposure, reload_exposure
+from gpuwatchd.core.machine import Core
+from gpuwatchd.core.watchset import control_target, is_watched
+from gpuwatchd.exitcodes import ExitCode
+from gpuwatchd.model.events import (
     Action,
     ConfigChanged,
     ContainerRef,
@@ -78,20 +83,16 @@ from gpuwatchd.events import (
     SetPersistence,
     SystemdReloaded,
 )
-from gpuwatchd.events import DockerUnavailable as DockerUnavailableEvent
-from gpuwatchd.exitcodes import ExitCode
-from gpuwatchd.instance import InstanceLock, check_private_dir, claim
-from gpuwatchd.log import LogFormat, configure_logging, write_record
-from gpuwatchd.log_follower import LogFollower, LogMatch
-from gpuwatchd.metrics import MAX_CONNECTIONS, Metrics
-from gpuwatchd.notify import Notifier
-from gpuwatchd.nvml import Nvml
-from gpuwatchd.nvml import NvmlFailure as NvmlError
-from gpuwatchd.records import RELOAD_ADVICE, Record, RecordFolder, make_record
-from gpuwatchd.reload_watch import ReloadWatcher, ReloadWatchUnavailable
-from gpuwatchd.state_store import load_state, save_state, state_path
-from gpuwatchd.types import ProbeResult
-from gpuwatchd.watchset import control_target, is_watched
+from gpuwatchd.model.events import DockerUnavailable as DockerUnavailableEvent
+from gpuwatchd.model.records import RELOAD_ADVICE, Record, RecordFolder, make_record
+from gpuwatchd.model.vocabulary import ProbeResult
+from gpuwatchd.observers.control import ControlError, ControlServer, pause_duration
+from gpuwatchd.observers.docker_events import EventWatcher
+from gpuwatchd.observers.log_follower import LogFollower, LogMatch
+from gpuwatchd.observers.reload_watch import ReloadWatcher, ReloadWatchUnavailable
+from gpuwatchd.sinks.log import LogFormat, configure_logging, write_record
+from gpuwatchd.sinks.metrics import MAX_CONNECTIONS, Metrics
+from gpuwatchd.sinks.notify import Notifier
 
 T = TypeVar("T")
 log = structlog.get_logger("gpuwatchd")

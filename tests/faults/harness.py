@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from gpuwatchd.adapters.docker_engine import DockerGateway
 from gpuwatchd.config import Config, DaemonConfig, ProbeConfig, WatchConfig
 from gpuwatchd.daemon import Daemon
-from gpuwatchd.docker_io import DockerGateway
-from gpuwatchd.records import Record
+from gpuwatchd.model.records import Record
 from tests.bench import Bench
 from tests.bench.gpu import GpuController
 

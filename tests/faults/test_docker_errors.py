@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from docker.models.containers import Container
 
-from gpuwatchd.docker_io import DockerGateway, DockerUnavailable, ExecOutcome
+from gpuwatchd.adapters.docker_engine import DockerGateway, DockerUnavailable, ExecOutcome
 from tests.bench import Bench
 from tests.bench.gpu import GpuController
 from tests.faults.harness import fault_config, running, use_stand_in_driver

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from docker.models.containers import Container
 
+from gpuwatchd.adapters.docker_engine import DockerGateway
+from gpuwatchd.adapters.nvml import Nvml
 from gpuwatchd.config import GpuConfig, RemediationConfig
-from gpuwatchd.docker_io import DockerGateway
-from gpuwatchd.nvml import Nvml
 from tests.bench import Bench
 from tests.bench.gpu import GpuController
 from tests.faults.harness import fault_config, running, use_stand_in_driver

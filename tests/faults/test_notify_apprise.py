@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from gpuwatchd.config import NotifyConfig
-from gpuwatchd.notify import Notifier
-from gpuwatchd.notify_message import human_message
-from gpuwatchd.records import Record, make_record
+from gpuwatchd.model.records import Record, make_record
+from gpuwatchd.sinks.notify import Notifier
+from gpuwatchd.sinks.notify_message import human_message
 from tests.faults.hostile import HostileServer, answer, free_port
 from tests.faults.test_notify_bounds import Collected, wait_until
 
@@ -178,7 +178,7 @@ def test_apprise_logs_nothing_of_the_url_on_stderr(servers: Any) -> None:
     server = servers(answer(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"))
     url = f"json://admin:{TOKEN}@127.0.0.1:{server.port}/{TOKEN}?token={TOKEN}"
     job = {"kind": "apprise", "url": url, "title": "t", "body": "b"}
-    done = subprocess.run([sys.executable, "-m", "gpuwatchd.deliver"],
+    done = subprocess.run([sys.executable, "-m", "gpuwatchd.sinks.deliver"],
                           input=json.dumps(job).encode(), capture_output=True, timeout=60)
     assert done.returncode == 1
     assert len(server.requests) == 1

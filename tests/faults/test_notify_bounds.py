@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from gpuwatchd.config import NotifyConfig
-from gpuwatchd.notify import MAX_CONCURRENT, MAX_PENDING, Notifier
-from gpuwatchd.records import Record, make_record
+from gpuwatchd.model.records import Record, make_record
+from gpuwatchd.sinks.notify import MAX_CONCURRENT, MAX_PENDING, Notifier
 from tests.faults.hostile import HostileServer, alive, answer, free_port, pids_in, trickle
 
 pytestmark = pytest.mark.timeout(120)

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from docker.models.containers import Container
 
-from gpuwatchd.control import request
-from gpuwatchd.docker_io import ContainerInfo, DockerGateway
-from gpuwatchd.state_store import ALL_CONTAINERS
+from gpuwatchd.adapters.docker_engine import ContainerInfo, DockerGateway
+from gpuwatchd.adapters.state_file import ALL_CONTAINERS
+from gpuwatchd.observers.control import request
 from tests.bench import Bench
 from tests.bench.gpu import GpuController
 from tests.faults.harness import fault_config, running, use_stand_in_driver

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 
-from gpuwatchd.control import socket_path
+from gpuwatchd.observers.control import socket_path
 from tests.bench import wait_for
 from tests.live.daemon_process import DaemonProcess
 from tests.unit.test_input_fuzz import request_lines

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from docker.models.containers import Container
 
-from gpuwatchd.device_check import Access, parse_mountinfo, parse_proc_cgroup
-from gpuwatchd.device_check_run import device_access, kernel_check
-from gpuwatchd.docker_io import ContainerInfo, container_info
+from gpuwatchd.adapters.device_check import device_access, kernel_check
+from gpuwatchd.adapters.docker_engine import ContainerInfo, container_info
+from gpuwatchd.core.device_access import Access, parse_mountinfo, parse_proc_cgroup
 from tests.bench import ER05_LINE, ContainerFactory, GpuController, wait_for_log
 from tests.bench.engines import Engine, on_every_engine
 

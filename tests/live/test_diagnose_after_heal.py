@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from docker.models.containers import Container
 
-from gpuwatchd.diagnose import START_MARGIN
+from gpuwatchd.diagnose.verdict import START_MARGIN
 from tests.bench import ER05_LINE, wait_for_log
 from tests.bench.gpu import GpuController
 from tests.live.conftest import healthy

@@ -1,6 +1,6 @@
 """Everything gpuwatchd asks of an engine, on Docker and on Podman's compat API.
 
-The daemon's own gateway (:class:`gpuwatchd.docker_io.DockerGateway`) against
+The daemon's own gateway (:class:`gpuwatchd.adapters.docker_engine.DockerGateway`) against
 each real engine: container events, inspect times, exec probes and their exit
 codes, followed logs, restart.  The private Podman service runs in
 Asia/Tokyo, so its times carry a +09:00 offset.
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from docker.models.containers import Container
 
-from gpuwatchd.docker_io import WATCHED_EVENTS, DockerGateway, parse_docker_time
+from gpuwatchd.adapters.docker_engine import WATCHED_EVENTS, DockerGateway, parse_docker_time
 from tests.bench import ONAIR_LINE, wait_for
 from tests.bench.engines import Engine, on_every_engine
 from tests.live.conftest import healthy

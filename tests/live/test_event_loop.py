@@ -29,7 +29,7 @@ from gpuwatchd.config import (
     WatchConfig,
 )
 from gpuwatchd.daemon import Daemon
-from gpuwatchd.records import Record
+from gpuwatchd.model.records import Record
 from tests.bench import Bench, wait_for
 from tests.bench.gpu import GpuController
 

@@ -251,7 +251,7 @@ def test_reset_rearms_a_given_up_container(
 async def test_a_refused_request_is_one_line_and_exit_1(tmp_path: Path) -> None:
     """An error the daemon answers becomes one line on stderr and exit 1 (a real control
     server whose handler refuses every request stands in for the daemon)."""
-    from gpuwatchd.control import ControlError, ControlServer
+    from gpuwatchd.observers.control import ControlError, ControlServer
 
     async def refuse(request: dict[str, Any]) -> Any:
         raise ControlError(f"{request['command']} refused: maintenance lock held")

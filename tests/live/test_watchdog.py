@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from docker.models.containers import Container
 
-from gpuwatchd.control import request
+from gpuwatchd.observers.control import request
 from tests.bench import ER05_LINE, log_lines, wait_for
 from tests.bench.engine import PrivateEngine
 from tests.bench.engines import Engine, EventRecorder, on_every_engine

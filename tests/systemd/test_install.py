@@ -43,7 +43,7 @@ def test_install_then_upgrade_in_place(box: SystemdBox) -> None:
         [
             "/opt/gpuwatchd/bin/python",
             "-c",
-            "import gpuwatchd.journal, systemd.journal, structlog, pynvml, docker, tenacity;"
+            "import gpuwatchd.sinks.journal, systemd.journal, structlog, pynvml, docker, tenacity;"
             "print(systemd.journal.__file__)",
         ]
     )
@@ -56,14 +56,15 @@ def test_install_then_upgrade_in_place(box: SystemdBox) -> None:
     box.write_file(CONFIG, "# edited by the operator\n", 0o600)
     box.sysexec(["mkdir", "-p", "/var/lib/gpuwatchd"], check=True)
     box.write_file("/var/lib/gpuwatchd/state.json", '{"restarts": 2}\n', 0o600)
-    box.sysexec(["rm", f"{VENV_PKG}/journal.py"], check=True)  # "old code"
+    box.sysexec(["rm", f"{VENV_PKG}/sinks/journal.py"], check=True)  # "old code"
 
     out = box.install_gpuwatchd("--no-start")
     assert "upgrading the existing installation" in out
     assert "kept the existing" in out
     assert box.read_file(CONFIG) == "# edited by the operator\n"
     assert box.read_file("/var/lib/gpuwatchd/state.json") == '{"restarts": 2}\n'
-    assert box.read_file(f"{VENV_PKG}/journal.py") == (REPO / "gpuwatchd/journal.py").read_text()
+    journal = "sinks/journal.py"
+    assert box.read_file(f"{VENV_PKG}/{journal}") == (REPO / "gpuwatchd" / journal).read_text()
 
 
 def test_shipped_unit_exposure(box: SystemdBox) -> None:
@@ -87,7 +88,7 @@ def test_hardened_unit_runs_nvml(box: SystemdBox, tmp_path: Path) -> None:
     box.write_file(
         "/run/nvml-check.py",
         "import time, docker, pynvml\n"
-        "from gpuwatchd import sdnotify\n"
+        "from gpuwatchd.adapters import sdnotify\n"
         "engine = docker.from_env().ping()\n"
         "pynvml.nvmlInit()\n"
         "handle = pynvml.nvmlDeviceGetHandleByIndex(0)\n"

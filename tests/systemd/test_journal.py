@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.systemd, pytest.mark.docker]
 RESTART_ID = "b07a3a8e1f6c4d2e9a5b7c3d1e0f2a4b"
 
 SEND = f"""
-from gpuwatchd.journal import send
+from gpuwatchd.sinks.journal import send
 send({{
     "event": "container_restarted",
     "level": "warning",
@@ -43,7 +43,7 @@ def test_record_lands_as_native_fields(systemd_box: SystemdBox) -> None:
     assert entry["GPUWATCHD_CONFIDENCE"] == "certain"
     assert entry["GPUWATCHD_DRY_RUN"] == "false"
     assert entry["MESSAGE_ID"] == RESTART_ID
-    # sendv, not send: no CODE_* fields pointing into gpuwatchd/journal.py.
+    # sendv, not send: no CODE_* fields pointing into gpuwatchd/sinks/journal.py.
     assert "CODE_FILE" not in entry
 
 

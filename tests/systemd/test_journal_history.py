@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.systemd, pytest.mark.docker]
 INSTALLED = "/opt/gpuwatchd"
 
 SEND = """
-from gpuwatchd.journal import send
+from gpuwatchd.sinks.journal import send
 name = {name!r}
 for event, extra in (
     ("container_restarted", {{"confidence": "certain", "dry_run": False}}),
@@ -31,7 +31,7 @@ READ = """
 import json
 from pathlib import Path
 from gpuwatchd.config import Config, DaemonConfig
-from gpuwatchd.host_context import daemon_history
+from gpuwatchd.diagnose.facts import daemon_history
 config = Config(daemon=DaemonConfig(Path("/nonexistent/state"), Path("/nonexistent/run"), False))
 h = daemon_history(config)
 print(json.dumps({{"source": h.facts.source,

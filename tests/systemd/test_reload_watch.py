@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from gpuwatchd.reload_watch import ReloadWatcher, ReloadWatchUnavailable
+from gpuwatchd.observers.reload_watch import ReloadWatcher, ReloadWatchUnavailable
 from tests.systemd.conftest import REPO, SystemdBox
 
 # Runs as a service in the box: opens the watcher, says so, waits for one reload.
 WATCH = """
 import pathlib, sys, time
-from gpuwatchd.reload_watch import ReloadWatcher
+from gpuwatchd.observers.reload_watch import ReloadWatcher
 out = pathlib.Path(sys.argv[1])
 with ReloadWatcher() as watcher:
     out.with_suffix(".open").write_text("open")

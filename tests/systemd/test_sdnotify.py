@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.systemd, pytest.mark.docker]
 # A tiny stand-in daemon: the same calls gpuwatchd's daemon makes, in order.
 SERVICE = """
 import os, signal, sys, time
-from gpuwatchd import sdnotify
+from gpuwatchd.adapters import sdnotify
 
 reload_requested = False
 def on_hup(signum, frame):
@@ -99,7 +99,7 @@ def test_watchdog_kills_a_silent_service(systemd_box: SystemdBox) -> None:
 def test_noop_without_notify_socket(systemd_box: SystemdBox) -> None:
     """Outside a Type=notify unit every call returns False and raises nothing."""
     rc, out = systemd_box.python(
-        "from gpuwatchd import sdnotify as s;"
+        "from gpuwatchd.adapters import sdnotify as s;"
         "print(s.ready('x'), s.reloading(), s.stopping(), s.status('y'),"
         " s.watchdog_ping(), s.watchdog_interval())"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from gpuwatchd.adapters.state_file import PersistedState
 from gpuwatchd.config import (
     Config,
     ContainerOverride,
@@ -12,8 +13,8 @@ from gpuwatchd.config import (
     ProbeConfig,
     RemediationConfig,
 )
-from gpuwatchd.core import Core
-from gpuwatchd.events import (
+from gpuwatchd.core.machine import Core
+from gpuwatchd.model.events import (
     Action,
     ContainerRef,
     ContainerState,
@@ -33,9 +34,8 @@ from gpuwatchd.events import (
     ScheduleWakeup,
     SetPersistence,
 )
-from gpuwatchd.records import Record
-from gpuwatchd.state_store import PersistedState
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.records import Record
+from gpuwatchd.model.vocabulary import ProbeResult
 
 T0 = 1_767_139_200.0  #: 2025-12-31, the field report's day
 KONOMI = ContainerRef("a" * 64, "KonomiTV")
@@ -168,7 +168,7 @@ class Harness:
 
     def fault(self, ref: ContainerRef = KONOMI, **kw: object) -> list[Action]:
         """A timer probe is due and shows NVML broken inside."""
-        from gpuwatchd.events import ProbeTick
+        from gpuwatchd.model.events import ProbeTick
 
         out = self.send(ProbeTick(ref))
         assert of(out, RunProbe), f"no probe started: {out}"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuwatchd.device_check_run import container_scope, find_container_cgroup
-from gpuwatchd.docker_io import ContainerInfo
+from gpuwatchd.adapters.device_check import container_scope, find_container_cgroup
+from gpuwatchd.adapters.docker_engine import ContainerInfo
 
 CID = "3f2a9c1d0b7e" + "0" * 52
 OTHER = "9" * 64

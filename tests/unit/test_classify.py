@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpuwatchd.classify import MAX_OUTPUT_CHARS, classify_probe, summarize_output
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.core.classify import MAX_OUTPUT_CHARS, classify_probe, summarize_output
+from gpuwatchd.model.vocabulary import ProbeResult
 
 R = ProbeResult
 

@@ -89,8 +89,8 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
 
 
 def test_log_formats_match_the_logging_module() -> None:
-    """--log-format offers exactly what gpuwatchd.log can configure."""
-    log = pytest.importorskip("gpuwatchd.log")
+    """--log-format offers exactly what gpuwatchd.sinks.log can configure."""
+    log = pytest.importorskip("gpuwatchd.sinks.log")
     assert tuple(log.LOG_FORMATS) == LOG_FORMATS
 
 

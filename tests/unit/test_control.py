@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gpuwatchd.control import (
+from gpuwatchd.observers.control import (
     MAX_PAUSE,
     ControlError,
     ControlServer,

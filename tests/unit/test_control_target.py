@@ -8,8 +8,8 @@ from types import MappingProxyType
 import pytest
 
 from gpuwatchd.config import Config, ContainerOverride, WatchConfig
-from gpuwatchd.control import ControlError
-from gpuwatchd.watchset import control_target
+from gpuwatchd.core.watchset import control_target
+from gpuwatchd.observers.control import ControlError
 
 ID = "3f2a9c1b7d4e" + "0" * 52
 OTHER_ID = "9d8c7b6a5f4e" + "1" * 52

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from gpuwatchd.events import NvmlFailure, NvmlUnavailable, RestartContainer, SystemdReloaded
-from gpuwatchd.types import Cause, Confidence
+from gpuwatchd.model.events import NvmlFailure, NvmlUnavailable, RestartContainer, SystemdReloaded
+from gpuwatchd.model.vocabulary import Cause, Confidence
 
 from .core_harness import GPU0, GPU0_OFF, T0, Harness, of, records
 
@@ -124,8 +124,8 @@ def test_host_recovery_clears_host_evidence() -> None:
 def test_reload_during_a_probe_in_flight_checks_again_when_it_ends() -> None:
     """A probe that started before a systemd reload may pass on access the reload
     revoked a moment later: the container is probed again for the reload."""
-    from gpuwatchd.events import ProbePurpose, ProbeTick, RunProbe
-    from gpuwatchd.types import ProbeResult
+    from gpuwatchd.model.events import ProbePurpose, ProbeTick, RunProbe
+    from gpuwatchd.model.vocabulary import ProbeResult
 
     from .core_harness import KONOMI
 

@@ -7,8 +7,8 @@ import itertools
 import pytest
 
 from gpuwatchd.config import ContainerOverride
-from gpuwatchd.core import CONFIRM_MIN_INTERVAL
-from gpuwatchd.events import (
+from gpuwatchd.core.machine import CONFIRM_MIN_INTERVAL
+from gpuwatchd.model.events import (
     ContainerRef,
     ContainerState,
     ContainerStateChanged,
@@ -18,8 +18,8 @@ from gpuwatchd.events import (
     RestartContainer,
     RunProbe,
 )
-from gpuwatchd.records import RecordFolder
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.records import RecordFolder
+from gpuwatchd.model.vocabulary import ProbeResult
 
 from .core_harness import KONOMI, OTHER, T0, Harness, count_of, make_config, names, of, records
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gpuwatchd.core import Phase
-from gpuwatchd.events import RestartContainer, RunProbe, SetPersistence
+from gpuwatchd.core.machine import Phase
+from gpuwatchd.model.events import RestartContainer, RunProbe, SetPersistence
 
 from .core_harness import GPU0, GPU0_OFF, Harness, make_config, of
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from gpuwatchd.config import ContainerOverride, RemediationConfig
-from gpuwatchd.events import (
+from gpuwatchd.model.events import (
     Action,
     ContainerState,
     ContainerWatched,
@@ -22,7 +22,7 @@ from gpuwatchd.events import (
     SetPersistence,
     SystemdReloaded,
 )
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.vocabulary import ProbeResult
 
 from .core_harness import GPU0, GPU0_OFF, KONOMI, OTHER, T0, Harness, make_config, of, records
 
@@ -190,7 +190,7 @@ def test_no_known_image_keeps_the_global_settings() -> None:
 
 def _doc() -> dict[str, object]:
     from gpuwatchd import __version__
-    from gpuwatchd.core import ContainerView, CoreView
+    from gpuwatchd.core.machine import ContainerView, CoreView
 
     view = CoreView(
         dry_run=False,
@@ -224,7 +224,7 @@ def test_metrics_show_the_action_and_profile() -> None:
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from gpuwatchd.metrics import Metrics
+    from gpuwatchd.sinks.metrics import Metrics
 
     doc = _doc()
     m = Metrics(lambda: doc)

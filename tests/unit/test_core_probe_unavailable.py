@@ -3,8 +3,8 @@ and verification by silence applies only where probes are off by configuration."
 
 from __future__ import annotations
 
-from gpuwatchd.events import ProbePurpose, ProbeTick, RunProbe
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.events import ProbePurpose, ProbeTick, RunProbe
+from gpuwatchd.model.vocabulary import ProbeResult
 
 from .core_harness import GPU0, KONOMI, Harness, make_config, of, records
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuwatchd.core import CONFIRM_MIN_INTERVAL
-from gpuwatchd.events import (
+from gpuwatchd.core.machine import CONFIRM_MIN_INTERVAL
+from gpuwatchd.model.events import (
     ContainerState,
     ContainerStateChanged,
     Emit,
@@ -27,7 +27,7 @@ from gpuwatchd.events import (
     SetPersistence,
     SystemdReloaded,
 )
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.vocabulary import ProbeResult
 
 from .core_harness import GPU0, GPU0_OFF, KONOMI, OTHER, Harness, make_config
 
@@ -58,7 +58,7 @@ ops = st.lists(
 def run(h: Harness, script: list[tuple[str, object]]) -> list[RestartContainer]:
     """Play ``script`` against the core as a world and an executor would (answering in
     the order it was asked); returns the restarts the executor refused (not running)."""
-    from gpuwatchd.events import PersistenceSetFinished, PersistenceSetResult
+    from gpuwatchd.model.events import PersistenceSetFinished, PersistenceSetResult
 
     h.gpus(GPU0)
     for ref in REFS:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from gpuwatchd.adapters.state_file import PersistedState
 from gpuwatchd.config import Config, RemediationConfig
-from gpuwatchd.core import Phase
-from gpuwatchd.events import (
+from gpuwatchd.core.machine import Phase
+from gpuwatchd.model.events import (
     ConfigChanged,
     ContainerRef,
     ContainerState,
@@ -27,8 +28,7 @@ from gpuwatchd.events import (
     SetPersistence,
     SystemdReloaded,
 )
-from gpuwatchd.state_store import PersistedState
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.vocabulary import ProbeResult
 
 from .core_harness import (
     GPU0,
@@ -140,7 +140,7 @@ class TestSteps:
         for _ in range(3):
             h.send(ProbeTick(KONOMI), at=h.now + 1)
         h.send(ProbeTick(OTHER))
-        from gpuwatchd.events import LogMatched
+        from gpuwatchd.model.events import LogMatched
 
         for _ in range(5):
             h.send(LogMatched(KONOMI, "(ER-05)"))
@@ -310,7 +310,7 @@ class TestBudget:
         """A daemon restart keeps the budget: the saved state gives up the same container."""
         from pathlib import Path
 
-        from gpuwatchd.state_store import load_state, save_state
+        from gpuwatchd.adapters.state_file import load_state, save_state
 
         assert isinstance(tmp_path, Path)
         h = Harness(config=make_config(max_restarts=1))

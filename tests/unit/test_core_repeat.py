@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gpuwatchd.core import CONFIRM_MIN_INTERVAL
-from gpuwatchd.events import (
+from gpuwatchd.core.machine import CONFIRM_MIN_INTERVAL
+from gpuwatchd.model.events import (
     Action,
     ContainerRef,
     Emit,
@@ -22,8 +22,8 @@ from gpuwatchd.events import (
     RestartContainer,
     RunProbe,
 )
-from gpuwatchd.records import Record, RecordFolder
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.records import Record, RecordFolder
+from gpuwatchd.model.vocabulary import ProbeResult
 
 from .core_harness import GPU0, GPU0_OFF, KONOMI, Harness, count_of, make_config, of, records
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuwatchd.docker_io import ContainerInfo, device_access_ok, with_kernel_gpu_facts
+from gpuwatchd.adapters.docker_engine import ContainerInfo, device_access_ok, with_kernel_gpu_facts
 
 CG = "/docker/abc"
 
@@ -87,7 +87,7 @@ def test_gone_process_gives_no_evidence(tmp_path: Path) -> None:
 
 def test_probe_kill_only_targets_a_process_of_the_container(tmp_path: Path) -> None:
     """A PID from the engine is killed only when its cgroup names the container."""
-    from gpuwatchd.docker_io import _pid_in_container
+    from gpuwatchd.adapters.docker_engine import _pid_in_container
 
     proc, _ = setup_tree(tmp_path, "5:devices:/docker/" + "ab" * 32 + "\n", None)
     assert _pid_in_container(42, "ab" * 32, proc=proc)

@@ -6,7 +6,7 @@ import errno
 
 import pytest
 
-from gpuwatchd.device_check import (
+from gpuwatchd.core.device_access import (
     Access,
     AccessCheck,
     CgroupMounts,

@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from gpuwatchd.device_check import Access
-from gpuwatchd.device_check_run import _run
+from gpuwatchd.adapters.device_check import _run
+from gpuwatchd.core.device_access import Access
 
 
 def test_a_helper_that_never_answers_is_killed_and_reaped(tmp_path: Path) -> None:

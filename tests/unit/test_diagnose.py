@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from gpuwatchd.device_check import Access, AccessCheck, verdict_for_open
-from gpuwatchd.diagnose import (
+from gpuwatchd.core.device_access import Access, AccessCheck, verdict_for_open
+from gpuwatchd.diagnose.verdict import (
     GPU_CDI,
     GPU_DEVICE,
     GPU_LEGACY_HOOK,
@@ -30,7 +30,7 @@ from gpuwatchd.diagnose import (
     to_json,
 )
 from gpuwatchd.exitcodes import ExitCode
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.vocabulary import ProbeResult
 
 STARTED = 1_000_000.0
 NAME = "KonomiTV"

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from gpuwatchd.diagnose import GPU_CDI, GPU_DEVICE, GPU_LEGACY_HOOK, GPU_NVIDIA_RUNTIME
-from gpuwatchd.host_context import (
+from gpuwatchd.diagnose.facts import (
     find_process,
     gpu_methods,
     kernel_module_version,
@@ -20,6 +19,7 @@ from gpuwatchd.host_context import (
     persistenced_facts,
     scan_logs,
 )
+from gpuwatchd.diagnose.verdict import GPU_CDI, GPU_DEVICE, GPU_LEGACY_HOOK, GPU_NVIDIA_RUNTIME
 from gpuwatchd.patterns import LogPattern
 
 EXEC_START = (

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from gpuwatchd.diagnose import (
+from gpuwatchd.adapters.state_file import HistoryEntry
+from gpuwatchd.diagnose.verdict import (
     ContainerFacts,
     Facts,
     HistoryFacts,
@@ -20,8 +21,7 @@ from gpuwatchd.diagnose import (
     to_json,
 )
 from gpuwatchd.exitcodes import ExitCode
-from gpuwatchd.state_store import HistoryEntry
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.vocabulary import ProbeResult
 from tests.unit.test_diagnose import NAME, NO_PM, STARTED, container, host
 
 
@@ -123,7 +123,7 @@ def test_gpuwatchds_journal_records_read_as_history() -> None:
     """Only gpuwatchd's own, real (not dry-run) records become history, oldest first."""
     from datetime import datetime, timezone
 
-    from gpuwatchd.host_context import history_from_journal
+    from gpuwatchd.diagnose.facts import history_from_journal
 
     def at(seconds: float) -> datetime:
         return datetime.fromtimestamp(STARTED + seconds, tz=timezone.utc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpuwatchd.docker_io import WATCHED_EVENTS, EventStream, event_action
+from gpuwatchd.adapters.docker_engine import WATCHED_EVENTS, EventStream, event_action
 
 
 def _event(action: str, cid: str = "c1") -> dict[str, Any]:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuwatchd.events import ContainerRef
-from gpuwatchd.state_store import (
+from gpuwatchd.adapters.state_file import (
     MAX_HISTORY,
     STATE_VERSION,
     HistoryEntry,
@@ -18,7 +17,8 @@ from gpuwatchd.state_store import (
     save_state,
     state_path,
 )
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.events import ContainerRef
+from gpuwatchd.model.vocabulary import ProbeResult
 
 from .core_harness import GPU0, GPU0_OFF, T0, Harness, make_config
 

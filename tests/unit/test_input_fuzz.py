@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuwatchd.config import Config, ConfigError, load_config_text
-from gpuwatchd.control import MAX_PAUSE, ControlError, parse_request, pause_duration
+from gpuwatchd.observers.control import MAX_PAUSE, ControlError, parse_request, pause_duration
 from tests.unit.test_config_properties import documents, toml_document
 
 EXAMPLE = (Path(__file__).parents[2] / "config.example.toml").read_text(encoding="utf-8")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuwatchd.instance import LOCK_NAME, StartRefused, take_lock
+from gpuwatchd.adapters.instance import LOCK_NAME, StartRefused, take_lock
 
 
 def test_the_lock_holds_the_pid_and_is_private(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gpuwatchd import journal
-from gpuwatchd.journal import JournalRenderer, field_name, journal_fields, summary
-from gpuwatchd.types import Cause, Confidence
+from gpuwatchd.model.vocabulary import Cause, Confidence
+from gpuwatchd.sinks import journal
+from gpuwatchd.sinks.journal import JournalRenderer, field_name, journal_fields, summary
 
 FULL_ID = "3f4e5d6c7b8a" + "0123456789abcdef" * 3 + "0123"
 RESTART_ID = "b07a3a8e1f6c4d2e9a5b7c3d1e0f2a4b"

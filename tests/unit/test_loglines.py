@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpuwatchd.loglines import LineSplitter, clean
+from gpuwatchd.core.loglines import LineSplitter, clean
 
 ER05 = (
     "[INFO] [Live: gr041-1080p] [Status: Restart] "

@@ -18,12 +18,12 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatchd import __version__
-from gpuwatchd import metrics as metrics_module
-from gpuwatchd.core import ContainerView, CoreView, GpuView
-from gpuwatchd.events import ContainerState
-from gpuwatchd.metrics import PROBE_RESULTS, Metrics, parse_listen
-from gpuwatchd.records import make_record
-from gpuwatchd.types import Cause, ProbeResult
+from gpuwatchd.core.machine import ContainerView, CoreView, GpuView
+from gpuwatchd.model.events import ContainerState
+from gpuwatchd.model.records import make_record
+from gpuwatchd.model.vocabulary import Cause, ProbeResult
+from gpuwatchd.sinks import metrics as metrics_module
+from gpuwatchd.sinks.metrics import PROBE_RESULTS, Metrics, parse_listen
 
 NOW = 1_700_000_000.0
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from gpuwatchd.config import NotifyConfig
-from gpuwatchd.notify import NOTIFY_EVENTS, Notifier, notification_document, redact_url
-from gpuwatchd.records import MESSAGE_IDS, Record, make_record
+from gpuwatchd.model.records import MESSAGE_IDS, Record, make_record
+from gpuwatchd.sinks.notify import NOTIFY_EVENTS, Notifier, notification_document, redact_url
 
 RESTARTED = make_record(
     "container_restarted", container="KonomiTV", container_id="0123456789ab",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpuwatchd.notify import NOTIFY_EVENTS
-from gpuwatchd.notify_message import human_message
-from gpuwatchd.records import ADVICE, make_record
+from gpuwatchd.model.records import ADVICE, make_record
+from gpuwatchd.sinks.notify import NOTIFY_EVENTS
+from gpuwatchd.sinks.notify_message import human_message
 
 
 def test_container_restarted_names_the_cause_the_evidence_and_the_lasting_fix() -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gpuwatchd import unit_network
+from gpuwatchd.adapters import unit_network
+from gpuwatchd.adapters.unit_network import families_allow_inet, ip_sockets_allowed
 from gpuwatchd.cli import main
 from gpuwatchd.config import ConfigError, load_config_text
-from gpuwatchd.unit_network import families_allow_inet, ip_sockets_allowed
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "tk_Zq8X3vN7pL2mR9wQ4sT6"
@@ -125,7 +125,7 @@ def test_without_urls_apprise_is_not_needed(tmp_path: Path) -> None:
 
 def test_the_daemon_never_imports_apprise() -> None:
     """The idle daemon stays small: importing the daemon and the notifier loads no Apprise."""
-    code = ("import sys, gpuwatchd.daemon, gpuwatchd.notify, gpuwatchd.deliver; "
+    code = ("import sys, gpuwatchd.daemon, gpuwatchd.sinks.notify, gpuwatchd.sinks.deliver; "
             "sys.exit(any(m.split('.')[0] == 'apprise' for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 

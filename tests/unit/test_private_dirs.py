@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gpuwatchd.adapters.instance import LOCK_NAME, StartRefused, check_private_dir, claim
 from gpuwatchd.config import DaemonConfig
-from gpuwatchd.instance import LOCK_NAME, StartRefused, check_private_dir, claim
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 RULE = "it must be owned by root and not writable by group/others"

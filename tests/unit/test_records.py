@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpuwatchd.records import (
+from gpuwatchd.model.records import (
     CATALOGUE,
     COMMON_FIELDS,
     MESSAGE_IDS,

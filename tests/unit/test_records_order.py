@@ -7,7 +7,7 @@ from collections.abc import Callable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpuwatchd.records import Record, RecordFolder, make_record
+from gpuwatchd.model.records import Record, RecordFolder, make_record
 
 
 def count_of(record: Record) -> int:

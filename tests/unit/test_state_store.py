@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gpuwatchd.state_store import (
+from gpuwatchd.adapters.state_file import (
     ALL_CONTAINERS,
     CLOCK_SLACK,
     MAX_STATE_BYTES,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from gpuwatchd.core import ContainerView, CoreView, GpuView, Phase
-from gpuwatchd.events import ContainerState
+from gpuwatchd.core.machine import ContainerView, CoreView, GpuView, Phase
+from gpuwatchd.model.events import ContainerState
+from gpuwatchd.model.vocabulary import Cause, ProbeResult
 from gpuwatchd.status_view import degraded, format_age, format_until, format_when, render_status
-from gpuwatchd.types import Cause, ProbeResult
 
 NOW = datetime(2024, 5, 1, 12, 0, 0).timestamp()
 

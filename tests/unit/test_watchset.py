@@ -7,9 +7,9 @@ from types import MappingProxyType
 
 import pytest
 
+from gpuwatchd.adapters.docker_engine import ContainerInfo, container_info, parse_docker_time
 from gpuwatchd.config import WatchConfig
-from gpuwatchd.docker_io import ContainerInfo, container_info, parse_docker_time
-from gpuwatchd.watchset import is_watched
+from gpuwatchd.core.watchset import is_watched
 
 ID = "3f2a9c1b7d4e" + "0" * 52
 

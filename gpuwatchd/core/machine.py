@@ -9,10 +9,10 @@ Usage (the daemon, single-threaded on the event loop)::
     actions = core.handle(event, now)          # for every event from observers/executor
     view = core.snapshot(now)                  # for `gpuwatchd status` and metrics
 
-``now`` is wall-clock epoch seconds (see :mod:`gpuwatchd.events`). The core is
+``now`` is wall-clock epoch seconds (see :mod:`gpuwatchd.model.events`). The core is
 deterministic: the same events at the same times give the same actions. The
 daemon owns the probe timers (``ProbeTick`` per container, with its random
-phase) and the record folding (:class:`gpuwatchd.records.RecordFolder`).
+phase) and the record folding (:class:`gpuwatchd.model.records.RecordFolder`).
 Dry run is fixed for the core's life (a reload does not switch modes).
 
 The rules:
@@ -69,7 +69,7 @@ The rules:
   re-checked when it ends); a fault with the budget spent gives the container
   up: one critical ``remediation_gave_up``, no restarts until ``window``
   after the give-up or an operator reset. Budgets survive reloads and (through
-  :class:`~gpuwatchd.state_store.PersistedState`) daemon restarts.
+  :class:`~gpuwatchd.adapters.state_file.PersistedState`) daemon restarts.
 - **Respect the operator**: act only on running containers (the executor
   re-checks right before restarting), never on orchestrated ones (Swarm or
   Kubernetes labels: one warning), never on unwatched ones, never while
@@ -87,9 +87,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gpuwatchd.adapters.state_file import ALL_CONTAINERS, MAX_HISTORY, HistoryEntry, PersistedState
 from gpuwatchd.compat import StrEnum
 from gpuwatchd.config import Config, ContainerSettings
-from gpuwatchd.events import (
+from gpuwatchd.model.events import (
     Action,
     ConfigChanged,
     ContainerRef,
@@ -125,9 +126,8 @@ from gpuwatchd.events import (
     SetPersistence,
     SystemdReloaded,
 )
-from gpuwatchd.records import ADVICE, NOTIFY_ADVICE, FieldValue, make_record
-from gpuwatchd.state_store import ALL_CONTAINERS, MAX_HISTORY, HistoryEntry, PersistedState
-from gpuwatchd.types import ORCHESTRATOR_LABEL_PREFIXES, Cause, Confidence, ProbeResult
+from gpuwatchd.model.records import ADVICE, NOTIFY_ADVICE, FieldValue, make_record
+from gpuwatchd.model.vocabulary import ORCHESTRATOR_LABEL_PREFIXES, Cause, Confidence, ProbeResult
 
 #: After a confirmation that led to no restart, the next one waits until this
 #: many seconds after its start (a restart or a heal lifts the wait).
@@ -273,7 +273,7 @@ class _Container:
 class Core:
     """The pure decision core. See the module docstring for the rules.
 
-    ``state``: what :func:`gpuwatchd.state_store.load_state` read (None: empty).
+    ``state``: what :func:`gpuwatchd.adapters.state_file.load_state` read (None: empty).
     ``dry_run``: decide and record everything, change nothing.
     """
 

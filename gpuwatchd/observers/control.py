@@ -8,7 +8,7 @@ the daemon answers with one JSON object and a newline, then closes. Requests:
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": "..."}``.
 ``pause`` and ``resume`` refuse a container that is neither watched nor named
 in the configuration (``no watched or configured container named 'X'``; see
-:func:`gpuwatchd.watchset.control_target`).
+:func:`gpuwatchd.core.watchset.control_target`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Whether a container may still open its NVIDIA device nodes: the pure decisions.
 
 The kernel is asked by a helper process that joins the container's cgroups and
-opens the container's ``/dev/nvidiactl`` (see :mod:`gpuwatchd.device_check_run`);
+opens the container's ``/dev/nvidiactl`` (see :mod:`gpuwatchd.adapters.device_check`);
 this module decides everything around it without I/O:
 
 - where the container's cgroups are (:func:`parse_proc_cgroup`,

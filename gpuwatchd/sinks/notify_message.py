@@ -8,7 +8,7 @@ webhook keep the whole record; this is for a phone's lock screen.
 
 from __future__ import annotations
 
-from gpuwatchd.records import ADVICE, Record
+from gpuwatchd.model.records import ADVICE, Record
 
 #: What each cause means, in a sentence.
 CAUSE_TEXT = {

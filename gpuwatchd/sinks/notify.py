@@ -4,11 +4,11 @@ webhook or Apprise URL.
 ``[notify] command = [...]`` runs a program (argv only, never a shell) with one
 JSON document on its stdin; ``[notify] webhook = "https://…"`` POSTs the same
 document; each of ``[notify] urls = [...]`` (Apprise URLs: ntfy, Discord,
-Telegram, e-mail…) gets a short title and body (:mod:`gpuwatchd.notify_message`)
+Telegram, e-mail…) gets a short title and body (:mod:`gpuwatchd.sinks.notify_message`)
 through Apprise, which only the child process imports. Only the events in
 :data:`NOTIFY_EVENTS` are sent. Each target is one delivery, run as a child
 process in its own process group (the command itself; the webhook and each
-Apprise URL as ``python -m gpuwatchd.deliver``, which takes the URL on stdin;
+Apprise URL as ``python -m gpuwatchd.sinks.deliver``, which takes the URL on stdin;
 the webhook follows no redirect), at most :data:`MAX_CONCURRENT` at once.
 ``notify.timeout`` is a total deadline per delivery: at it, the whole process
 group is killed, so a receiver that trickles one byte at a time, a command that
@@ -43,7 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gpuwatchd.config import NotifyConfig, url_scheme
-from gpuwatchd.records import Record, make_record
+from gpuwatchd.model.records import Record, make_record
 
 #: The events a person wants to hear about. ``notify_failed`` is never one.
 NOTIFY_EVENTS: frozenset[str] = frozenset(
@@ -204,7 +204,7 @@ def _child_env() -> dict[str, str]:
 
 
 async def post_webhook(url: str, payload: bytes, limit: float) -> None:
-    """POST ``payload`` (JSON) to ``url`` from a child process (:mod:`gpuwatchd.deliver`),
+    """POST ``payload`` (JSON) to ``url`` from a child process (:mod:`gpuwatchd.sinks.deliver`),
     ended at ``limit`` seconds in all. The URL goes to the child on stdin.
 
     Raises:
@@ -213,7 +213,7 @@ async def post_webhook(url: str, payload: bytes, limit: float) -> None:
     """
     shown = f"webhook {redact_url(url)}"
     job = json.dumps({"url": url, "body": payload.decode(), "timeout": limit}).encode()
-    argv = (sys.executable, "-m", "gpuwatchd.deliver")
+    argv = (sys.executable, "-m", "gpuwatchd.sinks.deliver")
     status, detail = await run_child(argv, job, limit, shown, env=_child_env())
     if status != 0:
         raise NotifyError(f"{shown} {detail or f'failed (exit status {status})'}")
@@ -226,7 +226,7 @@ def apprise_label(index: int, url: str) -> str:
 
 async def send_apprise(url: str, index: int, title: str, body: str, limit: float) -> None:
     """Send ``title`` and ``body`` to the Apprise ``url`` from a child process
-    (:mod:`gpuwatchd.deliver`, the only place Apprise is imported), ended at
+    (:mod:`gpuwatchd.sinks.deliver`, the only place Apprise is imported), ended at
     ``limit`` seconds in all. The URL goes to the child on stdin.
 
     Raises:
@@ -235,7 +235,7 @@ async def send_apprise(url: str, index: int, title: str, body: str, limit: float
     """
     shown = f"apprise {apprise_label(index, url)}"
     job = json.dumps({"kind": "apprise", "url": url, "title": title, "body": body}).encode()
-    argv = (sys.executable, "-m", "gpuwatchd.deliver")
+    argv = (sys.executable, "-m", "gpuwatchd.sinks.deliver")
     status, detail = await run_child(argv, job, limit, shown, env=_child_env())
     if status != 0:
         raise NotifyError(f"{shown} {detail or f'failed (exit status {status})'}")
@@ -309,7 +309,7 @@ class Notifier:
                             lambda: post_webhook(config.webhook, payload, config.timeout)))
         if config.urls:
             # Loaded with the first URL: a daemon without urls carries none of it.
-            from gpuwatchd.notify_message import human_message
+            from gpuwatchd.sinks.notify_message import human_message
 
             title, body = human_message(record)
             for i, url in enumerate(config.urls):

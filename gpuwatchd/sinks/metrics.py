@@ -39,8 +39,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from gpuwatchd import __version__
-from gpuwatchd.records import Record
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.records import Record
+from gpuwatchd.model.vocabulary import ProbeResult
 
 #: How often the gauges' snapshot is refreshed from the daemon.
 REFRESH_INTERVAL = 1.0

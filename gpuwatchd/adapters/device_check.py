@@ -1,6 +1,6 @@
 """Ask the kernel whether a container may still open its NVIDIA control node.
 
-A helper process (:mod:`gpuwatchd.device_check_helper`, a program of its own)
+A helper process (:mod:`gpuwatchd.adapters.device_check_helper`, a program of its own)
 joins the container's cgroup2 directory, and on v1 or hybrid hosts its devices
 cgroup, then opens the container's ``/dev/nvidiactl``. Every device program
 attached to the cgroup (runc's, and systemd's after a daemon-reload) and the
@@ -34,7 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpuwatchd.device_check import (
+from gpuwatchd.adapters.docker_engine import ContainerInfo, device_access_ok
+from gpuwatchd.core.device_access import (
     Access,
     AccessCheck,
     CgroupMounts,
@@ -45,7 +46,6 @@ from gpuwatchd.device_check import (
     parse_proc_cgroup,
     verdict_for_open,
 )
-from gpuwatchd.docker_io import ContainerInfo, device_access_ok
 
 HELPER = Path(__file__).with_name("device_check_helper.py")
 #: The helper needs a Python start and a few system calls; a wedged one is cut here.

@@ -4,7 +4,7 @@ Nothing here changes anything: it reads NVML, ``docker inspect``/``logs``/
 ``info``, runs the configured in-container probe (the same check as the
 daemon), reads ``/proc`` and asks ``systemctl show``. Every reader degrades to
 "unknown" (None) instead of raising, except :func:`gather`, which raises
-:class:`~gpuwatchd.docker_io.DockerUnavailable` never either: an engine that
+:class:`~gpuwatchd.adapters.docker_engine.DockerUnavailable` never either: an engine that
 does not answer becomes ``DockerFacts(available=False)``.
 
 The places it reads are parameters, so tests can point them at a fake process
@@ -23,10 +23,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gpuwatchd.classify import classify_probe, summarize_output
+from gpuwatchd.adapters.device_check import device_access, scope_device_allow
+from gpuwatchd.adapters.docker_engine import (
+    ContainerInfo,
+    DockerGateway,
+    DockerUnavailable,
+    container_info,
+    one_line,
+    parse_docker_time,
+)
+from gpuwatchd.adapters.state_file import (
+    MAX_HISTORY,
+    HistoryEntry,
+    PersistedState,
+    read_state_file,
+    state_path,
+)
 from gpuwatchd.config import Config
-from gpuwatchd.device_check_run import device_access, scope_device_allow
-from gpuwatchd.diagnose import (
+from gpuwatchd.core.classify import classify_probe, summarize_output
+from gpuwatchd.diagnose.verdict import (
     GPU_CDI,
     GPU_DEVICE,
     GPU_LEGACY_HOOK,
@@ -43,22 +58,7 @@ from gpuwatchd.diagnose import (
     PersistencedFacts,
     ProbeFacts,
 )
-from gpuwatchd.docker_io import (
-    ContainerInfo,
-    DockerGateway,
-    DockerUnavailable,
-    container_info,
-    one_line,
-    parse_docker_time,
-)
 from gpuwatchd.patterns import first_match
-from gpuwatchd.state_store import (
-    MAX_HISTORY,
-    HistoryEntry,
-    PersistedState,
-    read_state_file,
-    state_path,
-)
 
 PERSISTENCED = "nvidia-persistenced"
 #: How far back the logs are read, and at most how many lines.
@@ -168,7 +168,7 @@ def last_systemd_reload(journal_path: str | None = None) -> float | None:
         from systemd import journal
     except ImportError:
         return None
-    from gpuwatchd.reload_watch import RELOAD_MESSAGES
+    from gpuwatchd.observers.reload_watch import RELOAD_MESSAGES
 
     try:
         reader = _open_journal(journal, journal_path)
@@ -213,9 +213,9 @@ def library_version(root: Path) -> str | None:
 
 
 def nvml_facts() -> NvmlFacts:
-    """The host's NVML (through :class:`gpuwatchd.nvml.Nvml`), or why it failed."""
+    """The host's NVML (through :class:`gpuwatchd.adapters.nvml.Nvml`), or why it failed."""
     try:
-        from gpuwatchd.nvml import Nvml, NvmlFailure
+        from gpuwatchd.adapters.nvml import Nvml, NvmlFailure
     except ImportError as exc:  # pynvml missing: as good as no library
         return NvmlFacts(failure="library_missing", error=str(exc))
     try:
@@ -418,7 +418,7 @@ def daemon_history(config: Config, journal_path: str | None = None) -> History:
     """Ask the running daemon (its control socket); without one, read its state
     file, without moving or changing anything, and gpuwatchd's records in the
     journal for the containers the file has no history of. Never raises."""
-    from gpuwatchd.control import ControlError, NoDaemon, request
+    from gpuwatchd.observers.control import ControlError, NoDaemon, request
 
     runtime = config.daemon.runtime_dir
     try:
@@ -479,7 +479,7 @@ def gather(
     Raises:
         NoSuchContainer: a named container does not exist (checked before any probe).
     """
-    from gpuwatchd.watchset import is_watched
+    from gpuwatchd.core.watchset import is_watched
 
     now = time.time()
     host = HostFacts(

@@ -1,7 +1,7 @@
 """The device-access helper: joins a container's cgroups, opens its control node, tells.
 
 Run as a program of its own (``python -I device_check_helper.py ...``) by
-:mod:`gpuwatchd.device_check_run`, never imported by the daemon: it moves the
+:mod:`gpuwatchd.adapters.device_check`, never imported by the daemon: it moves the
 process that runs it into the container's cgroups, and that must never be the
 daemon. It uses the standard library only and imports nothing of gpuwatchd,
 so it starts fast.

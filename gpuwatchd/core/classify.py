@@ -38,7 +38,7 @@ an operator configured. The rules, first match wins:
 
 from __future__ import annotations
 
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.vocabulary import ProbeResult
 
 #: Only this much of the output is read: nvidia-smi -L prints a line per GPU,
 #: and a runaway probe must cost no more than a normal one.

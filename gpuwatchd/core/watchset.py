@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from gpuwatchd.adapters.docker_engine import ContainerInfo
 from gpuwatchd.config import Config, WatchConfig
-from gpuwatchd.control import ControlError
-from gpuwatchd.docker_io import ContainerInfo
+from gpuwatchd.observers.control import ControlError
 
 #: A configured ID must be at least this long to match (Docker's short ID).
 MIN_ID_PREFIX = 12

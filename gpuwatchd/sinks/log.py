@@ -2,7 +2,7 @@
 
 ``console`` is for a person at a terminal; ``json`` writes one JSON object per
 line to stderr; ``journal`` sends native journal fields (see
-:mod:`gpuwatchd.journal`). Under systemd the journal is chosen by itself when
+:mod:`gpuwatchd.sinks.journal`). Under systemd the journal is chosen by itself when
 stderr is the journal stream (``JOURNAL_STREAM``).
 """
 
@@ -16,8 +16,8 @@ from typing import Any, Literal
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from gpuwatchd.journal import JournalRenderer, stream_is_journal
-from gpuwatchd.records import CATALOGUE, Record
+from gpuwatchd.model.records import CATALOGUE, Record
+from gpuwatchd.sinks.journal import JournalRenderer, stream_is_journal
 
 LogFormat = Literal["console", "json", "journal"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json", "journal")

@@ -1,4 +1,4 @@
-"""One delivery, run as a child process (``python -m gpuwatchd.deliver``).
+"""One delivery, run as a child process (``python -m gpuwatchd.sinks.deliver``).
 
 The daemon runs each webhook or Apprise delivery in its own process so that a
 receiver that answers one byte at a time, or a blocking library call, can be

@@ -1,10 +1,10 @@
 """``gpuwatchd diagnose``: the field report's investigation as facts and a verdict.
 
 This module is pure: the facts are plain frozen dataclasses (gathered by
-:mod:`gpuwatchd.host_context`), and :func:`diagnose` turns them into a
+:mod:`gpuwatchd.diagnose.facts`), and :func:`diagnose` turns them into a
 :class:`Diagnosis` without any I/O, so every rule is table-tested.
 
-The vocabulary of a verdict's ``cause``: the :class:`~gpuwatchd.types.Cause`
+The vocabulary of a verdict's ``cause``: the :class:`~gpuwatchd.model.vocabulary.Cause`
 values (``persistence_off``, ``device_access_lost``, ``driver_not_loaded``,
 ``version_mismatch``, ``gpu_lost``, ``unknown``) plus ``healthy``,
 ``probe_unavailable`` (no ``nvidia-smi`` to run inside), ``not_gpu`` (pattern
@@ -27,11 +27,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from gpuwatchd.adapters.state_file import HistoryEntry
 from gpuwatchd.compat import StrEnum
-from gpuwatchd.device_check import AccessCheck, ReloadExposure, reload_exposure
+from gpuwatchd.core.device_access import AccessCheck, ReloadExposure, reload_exposure
 from gpuwatchd.exitcodes import ExitCode
-from gpuwatchd.state_store import HistoryEntry
-from gpuwatchd.types import Cause, ProbeResult
+from gpuwatchd.model.vocabulary import Cause, ProbeResult
 
 #: A matching line counts against the application (``not_gpu``) only when it was
 #: logged this long after the container's last start and after gpuwatchd's last

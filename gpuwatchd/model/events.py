@@ -1,6 +1,6 @@
 """What flows into and out of the decision core.
 
-Observers turn the world into *events*; :class:`gpuwatchd.core.Core` turns
+Observers turn the world into *events*; :class:`gpuwatchd.core.machine.Core` turns
 ``(event, now)`` into *actions*; the executor carries the actions out and
 feeds every result back as another event. All classes here are frozen and
 hold no live resources, so they can cross threads freely.
@@ -12,7 +12,7 @@ and systemd reload times are wall-clock. The core never reads a clock.
 
 Executor contract for each action:
 
-- :class:`Emit`: write the record (through a :class:`gpuwatchd.records.RecordFolder`).
+- :class:`Emit`: write the record (through a :class:`gpuwatchd.model.records.RecordFolder`).
 - :class:`RunProbe`: ``docker exec`` ``command`` in ``ref`` with ``timeout``;
   answer with :class:`ProbeFinished` (same ``ref`` and ``purpose``). When the
   result is a GPU fault, gather cgroup evidence (``device_access_ok``).
@@ -23,7 +23,7 @@ Executor contract for each action:
   the state otherwise); answer :class:`RestartFinished`.
 - :class:`ScheduleWakeup`: call ``core.handle(event, now)`` at or after ``at``
   (dropping it on shutdown is fine; the core ignores stale wakeups).
-- :class:`SaveState`: write ``state`` with :func:`gpuwatchd.state_store.save_state`;
+- :class:`SaveState`: write ``state`` with :func:`gpuwatchd.adapters.state_file.save_state`;
   on failure record ``state_save_failed``.
 
 Actions in one returned list are to be started in order (``SaveState``
@@ -36,11 +36,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gpuwatchd.adapters.state_file import PersistedState
 from gpuwatchd.compat import StrEnum
 from gpuwatchd.config import Config
-from gpuwatchd.records import Record
-from gpuwatchd.state_store import PersistedState
-from gpuwatchd.types import ProbeResult
+from gpuwatchd.model.records import Record
+from gpuwatchd.model.vocabulary import ProbeResult
 
 # -- shared value types ---------------------------------------------------------------
 
@@ -327,7 +327,7 @@ class Emit:
 
     ``fold`` False: the record led to an action (a probe, a restart, a
     persistence change, a remediation record), so it is written at once and
-    never folded (:meth:`gpuwatchd.records.RecordFolder.offer`).
+    never folded (:meth:`gpuwatchd.model.records.RecordFolder.offer`).
     """
 
     record: Record

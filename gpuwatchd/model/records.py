@@ -51,8 +51,8 @@ COMMON_FIELDS: frozenset[str] = frozenset(
         "container_id",  # its 12-hex short ID
         "gpu_index",
         "gpu_uuid",
-        "cause",  # a gpuwatchd.types.Cause value
-        "confidence",  # a gpuwatchd.types.Confidence value
+        "cause",  # a gpuwatchd.model.vocabulary.Cause value
+        "confidence",  # a gpuwatchd.model.vocabulary.Confidence value
         "result",  # a ProbeResult value, or an outcome word the event documents
         "dry_run",
         "count",  # how many occurrences this record stands for
@@ -430,7 +430,7 @@ _ENTRIES: tuple[EventSpec, ...] = (
     ),
 )
 CATALOGUE: Mapping[str, EventSpec] = MappingProxyType({s.name: s for s in _ENTRIES})
-#: event name -> MESSAGE_ID, for the journal sink (``gpuwatchd.journal``).
+#: event name -> MESSAGE_ID, for the journal sink (``gpuwatchd.sinks.journal``).
 MESSAGE_IDS: Mapping[str, str] = MappingProxyType(
     {s.name: s.message_id for s in _ENTRIES if s.message_id is not None}
 )

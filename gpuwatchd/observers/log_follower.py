@@ -13,8 +13,13 @@ from dataclasses import dataclass
 
 import docker.errors
 
-from gpuwatchd.docker_io import DockerGateway, DockerUnavailable, LogStream, StreamThread
-from gpuwatchd.loglines import LineSplitter, clean
+from gpuwatchd.adapters.docker_engine import (
+    DockerGateway,
+    DockerUnavailable,
+    LogStream,
+    StreamThread,
+)
+from gpuwatchd.core.loglines import LineSplitter, clean
 from gpuwatchd.patterns import LogPattern, first_match
 
 

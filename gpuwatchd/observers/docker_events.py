@@ -13,7 +13,7 @@ from typing import Any
 
 from tenacity import Future, Retrying, retry_if_exception_type, wait_exponential
 
-from gpuwatchd.docker_io import (
+from gpuwatchd.adapters.docker_engine import (
     DockerGateway,
     DockerUnavailable,
     EngineVersion,

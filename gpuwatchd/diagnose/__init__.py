@@ -1,0 +1,1 @@
+"""``gpuwatchd diagnose``: gather facts, judge them with the core's rules, render the verdict."""

@@ -1,0 +1,1 @@
+"""Sinks: records out of the daemon (journal/JSON/console, notifications, metrics)."""
