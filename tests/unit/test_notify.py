@@ -275,3 +275,17 @@ async def test_webhook_nobody_listening_is_recorded() -> None:
     [error] = sink.errors()
     assert "failed" in error
     assert time.monotonic() - started < 10
+
+
+async def test_an_unexpected_error_in_a_delivery_is_recorded(tmp_path: Path) -> None:
+    """A delivery that fails in a way no sender anticipates (here the OS refuses an
+    argument with a NUL byte, a ValueError) still ends in notify_failed, never in an
+    exception lost inside a task."""
+    sink = Collected()
+    notifier = Notifier(NotifyConfig(command=(sys.executable, "-c", "pass\0")), sink)
+    notifier.on_record(RESTARTED)
+    await notifier.drain(10)
+    [error] = sink.errors()
+    assert "container_restarted" in error
+    assert "ValueError" in error or "null" in error
+    assert notifier.pending == 0
