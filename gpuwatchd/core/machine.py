@@ -1001,7 +1001,13 @@ class Core:
 
     def _on_restarted(self, event: RestartFinished, now: float) -> None:
         c = self._live(event.ref)
-        if c is None or c.remediation is None or c.remediation.phase is not Phase.RESTARTING:
+        if c is None:
+            return
+        if event.outcome is RestartOutcome.NOT_RUNNING and event.state is not None:
+            # What the executor saw holds even for a restart no longer awaited
+            # (one presumed lost): a later phase must not restart a stopped container.
+            c.state = event.state
+        if c.remediation is None or c.remediation.phase is not Phase.RESTARTING:
             return
         r = c.remediation
         name = c.ref.name
