@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -21,6 +21,8 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
+
+from gpuwatchd.model.container import ContainerInfo as ContainerInfo
 
 #: Major number of the NVIDIA character devices (/dev/nvidia0.., /dev/nvidiactl).
 NVIDIA_MAJOR = 195
@@ -38,30 +40,6 @@ DockerError = (docker.errors.DockerException, requests.exceptions.RequestExcepti
 
 class DockerUnavailable(Exception):
     """The engine did not answer (socket missing, refused, or timed out)."""
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """What gpuwatchd needs to know about one container, from its inspect data."""
-
-    id: str
-    name: str
-    status: str  #: created, running, paused, restarting, removing, exited, dead
-    started_at: float  #: epoch seconds of the last start (0 when never started)
-    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    pid: int = 0
-    uses_gpu: bool = False
-    expects_nvidia_device: bool = False  #: it was given /dev/nvidia* or GPUs at creation
-    log_driver: str = "json-file"
-    image: str = ""  #: the image reference it was created from (``Config.Image``)
-    paused: bool = False  #: State.Paused
-    cgroup_parent: str = ""  #: HostConfig.CgroupParent ("" is Docker's default)
-    #: The host path given as the container's /dev/nvidiactl with --device ("" when none).
-    nvidiactl_on_host: str = ""
-
-    @property
-    def short_id(self) -> str:
-        return self.id[:12]
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ The rules:
   re-checked when it ends); a fault with the budget spent gives the container
   up: one critical ``remediation_gave_up``, no restarts until ``window``
   after the give-up or an operator reset. Budgets survive reloads and (through
-  :class:`~gpuwatchd.adapters.state_file.PersistedState`) daemon restarts.
+  :class:`~gpuwatchd.model.state.PersistedState`) daemon restarts.
 - **Respect the operator**: act only on running containers (the executor
   re-checks right before restarting), never on orchestrated ones (Swarm or
   Kubernetes labels: one warning), never on unwatched ones, never while
@@ -87,7 +87,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gpuwatchd.adapters.state_file import ALL_CONTAINERS, MAX_HISTORY, HistoryEntry, PersistedState
 from gpuwatchd.compat import StrEnum
 from gpuwatchd.config import Config, ContainerSettings
 from gpuwatchd.model.events import (
@@ -127,6 +126,13 @@ from gpuwatchd.model.events import (
     SystemdReloaded,
 )
 from gpuwatchd.model.records import ADVICE, NOTIFY_ADVICE, FieldValue, make_record
+from gpuwatchd.model.state import (
+    ALL_CONTAINERS,
+    MAX_HISTORY,
+    MAX_HISTORY_CONTAINERS,
+    HistoryEntry,
+    PersistedState,
+)
 from gpuwatchd.model.vocabulary import ORCHESTRATOR_LABEL_PREFIXES, Cause, Confidence, ProbeResult
 
 #: After a confirmation that led to no restart, the next one waits until this
@@ -500,9 +506,13 @@ class Core:
         """Keep what gpuwatchd did, for ``diagnose`` (dry run changes nothing)."""
         if self._dry_run:
             return
-        entries = self._history.setdefault(name, [])
+        # The container touched last goes last: the oldest-touched are dropped first.
+        entries = self._history.pop(name, [])
         entries.append(entry)
         del entries[:-MAX_HISTORY]
+        self._history[name] = entries
+        while len(self._history) > MAX_HISTORY_CONTAINERS:
+            del self._history[next(iter(self._history))]
 
     def _save(self) -> None:
         # Dry run changes nothing, the state file included.

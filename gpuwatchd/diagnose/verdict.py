@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from gpuwatchd.adapters.state_file import HistoryEntry
 from gpuwatchd.compat import StrEnum
 from gpuwatchd.core.device_access import AccessCheck, ReloadExposure, reload_exposure
 from gpuwatchd.exitcodes import ExitCode
+from gpuwatchd.model.state import HistoryEntry
 from gpuwatchd.model.vocabulary import Cause, ProbeResult
 
 #: A matching line counts against the application (``not_gpu``) only when it was
