@@ -52,12 +52,8 @@ The rules:
   :data:`VERIFY_RETRY` seconds, backing off to :data:`VERIFY_RETRY_MAX`); (4) record
   ``container_recovered`` or ``remediation_failed``. Faults during a
   remediation join it.
-- **Cause**: host NVML evidence first (``version_mismatch``, ``gpu_lost``,
-  ``driver_not_loaded``); then ``device_access_lost`` (cgroup v1 evidence:
-  certain; otherwise a systemd reload since the container started, with no
-  GPU seen off since then, every GPU's persistence on and host NVML fine:
-  probable); then ``persistence_off`` (a GPU seen Disabled since the
-  container started); else ``unknown``.
+- **Cause**: :func:`gpuwatchd.core.cause.cause_of`, the one rule ``diagnose``
+  uses too, from the evidence the core holds (:meth:`Core.evidence`).
 - **Never restart for a host cause**: one ``remediation_skipped`` with advice,
   at most once per ``window`` per container.
 - **Notify only** (``action = "notify"``): a fault a restart would cure gives
@@ -89,6 +85,8 @@ from typing import Any
 
 from gpuwatchd.compat import StrEnum
 from gpuwatchd.config import Config, ContainerSettings
+from gpuwatchd.core.cause import DeviceAccess, Evidence, cause_of
+from gpuwatchd.model.advice import ADVICE, NOTIFY_ADVICE
 from gpuwatchd.model.events import (
     Action,
     ConfigChanged,
@@ -125,7 +123,7 @@ from gpuwatchd.model.events import (
     SetPersistence,
     SystemdReloaded,
 )
-from gpuwatchd.model.records import ADVICE, NOTIFY_ADVICE, FieldValue, make_record
+from gpuwatchd.model.records import FieldValue, make_record
 from gpuwatchd.model.state import (
     ALL_CONTAINERS,
     MAX_HISTORY,
@@ -152,12 +150,6 @@ PROBE_LOST_AFTER = 60.0
 #: A restart or persistence set unanswered for its own bound plus this long is
 #: presumed lost and ends failed: no remediation phase waits for ever.
 ACTION_LOST_AFTER = 60.0
-
-_HOST_CAUSES = {
-    NvmlFailure.VERSION_MISMATCH: Cause.VERSION_MISMATCH,
-    NvmlFailure.GPU_LOST: Cause.GPU_LOST,
-    NvmlFailure.DRIVER_NOT_LOADED: Cause.DRIVER_NOT_LOADED,
-}
 
 
 class Phase(StrEnum):
@@ -833,6 +825,24 @@ class Core:
 
     # -- faults and remediation ------------------------------------------------------------
 
+    def evidence(self, c_name: str, device_access_ok: bool | None) -> Evidence:
+        """What the core knows about a fault in container ``c_name`` now, for
+        :func:`~gpuwatchd.core.cause.cause_of`.
+
+        Raises:
+            KeyError: when ``c_name`` is not watched.
+        """
+        c = self._containers[c_name]
+        nf = self._nvml_failure
+        return Evidence(
+            host_nvml=nf.value if nf is not None else None,
+            probe=c.last_result,
+            device_access=DeviceAccess.of(device_access_ok),
+            off_since_start=any(t >= c.started_at for t in self._gpu_last_disabled.values()),
+            off_now=any(not g.persistence for g in self._gpus.values()) if self._gpus else None,
+            reload_since_start=self._last_reload is not None and self._last_reload >= c.started_at,
+        )
+
     def cause_of(
         self, c_name: str, device_access_ok: bool | None
     ) -> tuple[Cause, Confidence | None]:
@@ -841,26 +851,7 @@ class Core:
         Raises:
             KeyError: when ``c_name`` is not watched.
         """
-        c = self._containers[c_name]
-        nf = self._nvml_failure
-        if nf is not None and nf in _HOST_CAUSES:
-            return _HOST_CAUSES[nf], Confidence.CERTAIN
-        if device_access_ok is False:
-            return Cause.DEVICE_ACCESS_LOST, Confidence.CERTAIN
-        off_since_start = any(t >= c.started_at for t in self._gpu_last_disabled.values())
-        if (
-            device_access_ok is None
-            and self._last_reload is not None
-            and self._last_reload >= c.started_at
-            and not off_since_start
-            and nf is None
-            and self._gpus
-            and all(g.persistence for g in self._gpus.values())
-        ):
-            return Cause.DEVICE_ACCESS_LOST, Confidence.PROBABLE
-        if off_since_start:
-            return Cause.PERSISTENCE_OFF, Confidence.CERTAIN
-        return Cause.UNKNOWN, None
+        return cause_of(self.evidence(c_name, device_access_ok))
 
     def _fault(self, c: _Container, now: float, device_access_ok: bool | None) -> None:
         """A container fault: proven by a probe, or a pattern where probes are off."""

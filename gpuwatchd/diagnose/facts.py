@@ -32,21 +32,10 @@ from gpuwatchd.adapters.docker_engine import (
     one_line,
     parse_docker_time,
 )
-from gpuwatchd.adapters.state_file import (
-    MAX_HISTORY,
-    HistoryEntry,
-    PersistedState,
-    read_state_file,
-    state_path,
-)
+from gpuwatchd.adapters.state_file import read_state_file, state_path
 from gpuwatchd.config import Config
 from gpuwatchd.core.classify import classify_probe, summarize_output
-from gpuwatchd.diagnose.verdict import (
-    GPU_CDI,
-    GPU_DEVICE,
-    GPU_LEGACY_HOOK,
-    GPU_NVIDIA_RUNTIME,
-    START_MARGIN,
+from gpuwatchd.diagnose.data import (
     ContainerFacts,
     DockerFacts,
     Facts,
@@ -58,6 +47,9 @@ from gpuwatchd.diagnose.verdict import (
     PersistencedFacts,
     ProbeFacts,
 )
+from gpuwatchd.diagnose.verdict import START_MARGIN
+from gpuwatchd.model.container import GPU_CDI, GPU_DEVICE, GPU_LEGACY_HOOK, GPU_NVIDIA_RUNTIME
+from gpuwatchd.model.state import MAX_HISTORY, HistoryEntry, PersistedState
 from gpuwatchd.patterns import first_match
 
 PERSISTENCED = "nvidia-persistenced"
@@ -361,6 +353,8 @@ class History:
     facts: HistoryFacts
     entries: Mapping[str, tuple[HistoryEntry, ...]]
     given_up: Mapping[str, float]
+    #: When the daemon last saw each GPU off; None when the source does not keep it.
+    gpu_last_disabled: Mapping[str, float] | None = None
 
 
 #: The records that say what gpuwatchd did, and the history event each one is.
@@ -425,7 +419,7 @@ def daemon_history(config: Config, journal_path: str | None = None) -> History:
         doc = request(runtime, {"command": "history"}, timeout=5.0)
         state = PersistedState.from_json(doc["state"])
         return History(HistoryFacts("daemon", str(runtime), float(doc["now"])),
-                       state.history, state.given_up)
+                       state.history, state.given_up, state.gpu_last_disabled)
     except (NoDaemon, ControlError, OSError, KeyError, TypeError, ValueError) as exc:
         daemon_error = one_line(exc)
     path = state_path(config.daemon.state_dir)
@@ -438,7 +432,8 @@ def daemon_history(config: Config, journal_path: str | None = None) -> History:
         problem = f"no daemon answered ({daemon_error}); state file {path}: {one_line(exc)}"
     else:
         merged = {**journal, **state.history}
-        return History(HistoryFacts("state file", str(path), mtime), merged, state.given_up)
+        return History(HistoryFacts("state file", str(path), mtime), merged, state.given_up,
+                       state.gpu_last_disabled)
     if journal:
         newest = max(e.at for entries in journal.values() for e in entries)
         return History(HistoryFacts("journal", "gpuwatchd's records", newest), journal, {})
@@ -528,6 +523,7 @@ def gather(
                     given_up_at=_in_force(history.given_up.get(c.name), config, now))
             for c in containers
         )
+        host = replace(host, gpu_last_disabled=history.gpu_last_disabled)
         return Facts(host, containers, history.facts)
     finally:
         if own and gateway is not None:

@@ -30,3 +30,13 @@ class ContainerInfo:
     @property
     def short_id(self) -> str:
         return self.id[:12]
+
+
+#: How a container got its GPUs (read from ``docker inspect`` by
+#: :func:`gpuwatchd.adapters.docker_engine.gpu_methods`); the first three are
+#: exposed to a daemon-reload under the systemd cgroup driver, CDI is not.
+GPU_LEGACY_HOOK = "legacy_hook"  #: --gpus / DeviceRequests through the NVIDIA hook
+GPU_NVIDIA_RUNTIME = "nvidia_runtime"  #: --runtime nvidia (or the default runtime)
+GPU_DEVICE = "device"  #: plain --device /dev/nvidia*
+GPU_CDI = "cdi"  #: CDI device names (nvidia.com/gpu=all)
+AT_RISK_METHODS = frozenset({GPU_LEGACY_HOOK, GPU_NVIDIA_RUNTIME, GPU_DEVICE})

@@ -19,7 +19,12 @@ from gpuwatchd.diagnose.facts import (
     persistenced_facts,
     scan_logs,
 )
-from gpuwatchd.diagnose.verdict import GPU_CDI, GPU_DEVICE, GPU_LEGACY_HOOK, GPU_NVIDIA_RUNTIME
+from gpuwatchd.model.container import (
+    GPU_CDI,
+    GPU_DEVICE,
+    GPU_LEGACY_HOOK,
+    GPU_NVIDIA_RUNTIME,
+)
 from gpuwatchd.patterns import LogPattern
 
 EXEC_START = (
