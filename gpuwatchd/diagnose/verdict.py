@@ -187,6 +187,9 @@ def _history_evidence(c: ContainerFacts) -> list[str]:
 
 def _context_evidence(host: HostFacts, c: ContainerFacts) -> list[str]:
     out = _history_evidence(c)
+    out += [f"gpuwatchd saw persistence mode off on {uuid} at {_when(at)}, after the "
+            f"container started ({_when(c.started_at)})"
+            for uuid, at in _off_since(host, c).items()]
     if c.device_check is not None and c.device_check.ok is not None:
         state = "still allowed" if c.device_check.ok else "access revoked"
         out.append(f"device access: /dev/nvidiactl {state}: {c.device_check.reason}")

@@ -209,3 +209,11 @@ def test_one_table_of_host_causes_and_their_advice() -> None:
     assert {Cause(k) for k in ADVICE} == set(HOST_CAUSES.values())
     assert all(not c.restart_cures for c in HOST_CAUSES.values())
     assert all(ADVICE[c.value] == a.advice for c, a in HOST_CAUSE_ADVICE.items())
+
+
+def test_diagnose_names_the_history_it_used() -> None:
+    """Persistence off since the start, on now: the verdict says when gpuwatchd saw it."""
+    host, c = diagnose_facts(Evidence(off_since_start=True))
+    verdict = container_verdict(host, c)
+    assert any("gpuwatchd saw persistence mode off on GPU-0" in e for e in verdict.evidence)
+    assert "was off on GPU 0 (GTX 1080 Ti) after it started" in verdict.summary
