@@ -29,6 +29,7 @@ from gpuwatchd.adapters.docker_engine import (
     DockerGateway,
     DockerUnavailable,
     container_info,
+    gpu_methods,
     one_line,
     parse_docker_time,
 )
@@ -48,7 +49,6 @@ from gpuwatchd.diagnose.data import (
     ProbeFacts,
 )
 from gpuwatchd.diagnose.verdict import START_MARGIN
-from gpuwatchd.model.container import GPU_CDI, GPU_DEVICE, GPU_LEGACY_HOOK, GPU_NVIDIA_RUNTIME
 from gpuwatchd.model.state import MAX_HISTORY, HistoryEntry, PersistedState
 from gpuwatchd.patterns import first_match
 
@@ -240,33 +240,6 @@ def _str_or_none(value: object) -> str | None:
 
 # --------------------------------------------------------------------------
 # Containers
-
-
-def gpu_methods(attrs: Mapping[str, Any], default_runtime: str | None = None) -> tuple[str, ...]:
-    """How the container was given its GPUs, from ``docker inspect`` data (pure)."""
-    host = attrs.get("HostConfig") or {}
-    config = attrs.get("Config") or {}
-    methods: list[str] = []
-    for req in host.get("DeviceRequests") or []:
-        ids = [str(i) for i in (req.get("DeviceIDs") or [])]
-        if req.get("Driver") == "cdi" or any("=" in i and "/" in i for i in ids):
-            methods.append(GPU_CDI)
-        elif req.get("Driver") == "nvidia" or any(
-            "gpu" in caps for caps in (req.get("Capabilities") or [])
-        ):
-            methods.append(GPU_LEGACY_HOOK)
-    annotations = host.get("Annotations") or {}
-    if any(str(k).startswith("cdi.k8s.io/") for k in annotations):
-        methods.append(GPU_CDI)
-    env = {k: v for k, _, v in (str(e).partition("=") for e in config.get("Env") or [])}
-    visible = env.get("NVIDIA_VISIBLE_DEVICES", "").strip().lower()
-    runtime = host.get("Runtime") or default_runtime
-    if runtime == "nvidia" and (host.get("Runtime") == "nvidia" or visible not in ("", "void")):
-        methods.append(GPU_NVIDIA_RUNTIME)
-    devices = host.get("Devices") or []
-    if any(str(d.get("PathInContainer", "")).startswith("/dev/nvidia") for d in devices):
-        methods.append(GPU_DEVICE)
-    return tuple(dict.fromkeys(methods))
 
 
 def scan_logs(raw: bytes, patterns: Sequence[Any], started_at: float) -> LogFacts:
