@@ -33,6 +33,7 @@ from gpuwatchd.adapters.docker_engine import (
     one_line,
     parse_docker_time,
 )
+from gpuwatchd.adapters.journal_query import last_reload, open_journal
 from gpuwatchd.adapters.state_file import read_state_file, state_path
 from gpuwatchd.config import Config
 from gpuwatchd.core.classify import classify_probe, summarize_output
@@ -141,43 +142,6 @@ def persistenced_facts(
 
 # --------------------------------------------------------------------------
 # Host readers
-
-
-def _open_journal(journal: Any, journal_path: str | None) -> Any:
-    """A reader of the local system journal, or of ``journal_path`` (tests).
-
-    Raises:
-        OSError: it cannot be opened.
-    """
-    if journal_path is not None:
-        return journal.Reader(path=journal_path)
-    return journal.Reader(flags=journal.SYSTEM_ONLY | journal.LOCAL_ONLY)
-
-
-def last_systemd_reload(journal_path: str | None = None) -> float | None:
-    """When PID 1 last logged a daemon-reload (epoch seconds); None when unknown."""
-    try:
-        from systemd import journal
-    except ImportError:
-        return None
-    from gpuwatchd.observers.reload_watch import RELOAD_MESSAGES
-
-    try:
-        reader = _open_journal(journal, journal_path)
-        try:
-            reader.add_match(_PID="1")
-            for message in sorted(RELOAD_MESSAGES):
-                reader.add_match(MESSAGE=message)
-            reader.seek_tail()
-            entry = reader.get_previous()
-        finally:
-            reader.close()
-    except OSError:
-        return None
-    if not entry:
-        return None
-    stamp = entry.get("__REALTIME_TIMESTAMP")
-    return stamp.timestamp() if hasattr(stamp, "timestamp") else None
 
 
 def kernel_module_version(proc: Path = Path("/proc")) -> str | None:
@@ -363,11 +327,10 @@ def journal_history(journal_path: str | None = None) -> dict[str, tuple[HistoryE
     """gpuwatchd's records in the system journal of the last LOG_WINDOW, as
     history; empty when the journal cannot be read. Never raises."""
     try:
-        from systemd import journal
-    except ImportError:
+        reader = open_journal(journal_path)
+    except (ImportError, OSError):
         return {}
     try:
-        reader = _open_journal(journal, journal_path)
         try:
             reader.add_match(SYSLOG_IDENTIFIER="gpuwatchd")
             for event in JOURNAL_EVENTS:
@@ -455,7 +418,7 @@ def gather(
         persistenced=persistenced_facts(sources.proc, sources.systemctl,
                                         sources.systemd_run_dir),
         docker=DockerFacts(available=False, error="not asked"),
-        last_reload=last_systemd_reload(sources.journal_path),
+        last_reload=last_reload(sources.journal_path),
         kernel_module_version=kernel_module_version(sources.proc),
         now=now,
     )
