@@ -420,7 +420,8 @@ def diagnose_command(args: argparse.Namespace) -> int:
     import json
 
     from gpuwatchd.diagnose.facts import NoSuchContainer, gather
-    from gpuwatchd.diagnose.verdict import diagnose, render_text, to_json
+    from gpuwatchd.diagnose.render import render_text, to_json
+    from gpuwatchd.diagnose.verdict import diagnose
 
     config = diagnose_config(args)
     try:

@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -21,6 +21,9 @@ from typing import Any
 import docker
 import docker.errors
 import requests.exceptions
+
+from gpuwatchd.model.container import GPU_CDI, GPU_DEVICE, GPU_LEGACY_HOOK, GPU_NVIDIA_RUNTIME
+from gpuwatchd.model.container import ContainerInfo as ContainerInfo
 
 #: Major number of the NVIDIA character devices (/dev/nvidia0.., /dev/nvidiactl).
 NVIDIA_MAJOR = 195
@@ -38,30 +41,6 @@ DockerError = (docker.errors.DockerException, requests.exceptions.RequestExcepti
 
 class DockerUnavailable(Exception):
     """The engine did not answer (socket missing, refused, or timed out)."""
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """What gpuwatchd needs to know about one container, from its inspect data."""
-
-    id: str
-    name: str
-    status: str  #: created, running, paused, restarting, removing, exited, dead
-    started_at: float  #: epoch seconds of the last start (0 when never started)
-    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    pid: int = 0
-    uses_gpu: bool = False
-    expects_nvidia_device: bool = False  #: it was given /dev/nvidia* or GPUs at creation
-    log_driver: str = "json-file"
-    image: str = ""  #: the image reference it was created from (``Config.Image``)
-    paused: bool = False  #: State.Paused
-    cgroup_parent: str = ""  #: HostConfig.CgroupParent ("" is Docker's default)
-    #: The host path given as the container's /dev/nvidiactl with --device ("" when none).
-    nvidiactl_on_host: str = ""
-
-    @property
-    def short_id(self) -> str:
-        return self.id[:12]
 
 
 @dataclass(frozen=True)
@@ -164,6 +143,44 @@ def _cdi_names(host: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
     return [n for n in names if n.startswith(NVIDIA_CDI_PREFIX)]
 
 
+def _visible(value: str | None) -> bool:
+    """Whether ``NVIDIA_VISIBLE_DEVICES`` asks for any GPU."""
+    return value is not None and value.strip().lower() not in ("", "void", "none")
+
+
+def gpu_methods(attrs: Mapping[str, Any], default_runtime: str | None = None) -> tuple[str, ...]:
+    """How the container was given NVIDIA GPUs, from ``docker inspect`` data: the one
+    rule, for the daemon (:func:`container_info`) and ``diagnose``.
+
+    ``cdi``: CDI device names (a CDI device request, NVIDIA device entries or
+    annotations); ``legacy_hook``: a GPU device request (``--gpus``); ``nvidia_runtime``:
+    ``--runtime nvidia``, or the engine's ``default_runtime`` being nvidia for a
+    container that names no runtime and asks for GPUs in ``NVIDIA_VISIBLE_DEVICES``;
+    ``device``: ``--device /dev/nvidia*``.
+    """
+    host = attrs.get("HostConfig") or {}
+    config = attrs.get("Config") or {}
+    methods: list[str] = []
+    for req in host.get("DeviceRequests") or []:
+        gpu_caps = any("gpu" in caps for caps in (req.get("Capabilities") or []))
+        nvidia_ids = any(str(i).startswith(NVIDIA_CDI_PREFIX) for i in req.get("DeviceIDs") or [])
+        if req.get("Driver") == "cdi" or nvidia_ids:
+            if gpu_caps or nvidia_ids:
+                methods.append(GPU_CDI)
+        elif gpu_caps or req.get("Driver") == "nvidia":
+            methods.append(GPU_LEGACY_HOOK)
+    if _cdi_names(host, config):
+        methods.append(GPU_CDI)
+    runtime = host.get("Runtime") or default_runtime
+    visible = _env_value(config.get("Env"), "NVIDIA_VISIBLE_DEVICES")
+    if host.get("Runtime") == "nvidia" or (runtime == "nvidia" and _visible(visible)):
+        methods.append(GPU_NVIDIA_RUNTIME)
+    if any(str(d.get("PathInContainer", "")).startswith("/dev/nvidia")
+           for d in host.get("Devices") or []):
+        methods.append(GPU_DEVICE)
+    return tuple(dict.fromkeys(methods))
+
+
 def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
     """Build a :class:`ContainerInfo` from ``docker inspect`` data.
 
@@ -180,22 +197,10 @@ def container_info(attrs: Mapping[str, Any]) -> ContainerInfo:
     if state.get("Restarting"):
         status = "restarting"
     devices = host.get("Devices") or []
-    device_paths = [str(d.get("PathInContainer", "")) for d in devices]
-    nvidia_devices = any(p.startswith("/dev/nvidia") for p in device_paths)
-    gpu_requests = any(
-        any("gpu" in caps for caps in (req.get("Capabilities") or []))
-        or req.get("Driver") == "nvidia"
-        for req in (host.get("DeviceRequests") or [])
-    )
-    cdi = bool(_cdi_names(host, config))
     visible = _env_value(config.get("Env"), "NVIDIA_VISIBLE_DEVICES")
     nvidia_mounts = any(_is_nvidia_mount(d) for d in _mount_destinations(attrs, host))
-    expects_device = nvidia_devices or gpu_requests or cdi or host.get("Runtime") == "nvidia"
-    uses_gpu = (
-        expects_device
-        or (visible is not None and visible.strip().lower() not in ("", "void", "none"))
-        or nvidia_mounts
-    )
+    expects_device = bool(gpu_methods(attrs))
+    uses_gpu = expects_device or _visible(visible) or nvidia_mounts
     return ContainerInfo(
         id=str(attrs["Id"]),
         name=str(attrs.get("Name", "")).lstrip("/"),

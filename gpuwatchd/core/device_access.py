@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gpuwatchd.compat import StrEnum
+from gpuwatchd.model.container import AT_RISK_METHODS
 
 #: NVIDIA's character major (/dev/nvidia0.., /dev/nvidiactl) and nvidiactl's minor.
 NVIDIA_MAJOR = 195
@@ -165,7 +166,7 @@ def combine(kernel: AccessCheck, devices_list: bool | None) -> AccessCheck:
 # -- prevention: will the next daemon-reload break this container? -------------------------
 
 #: How a container got its GPUs that makes it depend on a device rule systemd does not know.
-EXPOSED_METHODS = frozenset({"legacy_hook", "nvidia_runtime", "device"})
+EXPOSED_METHODS = AT_RISK_METHODS
 
 
 class ReloadExposure(StrEnum):

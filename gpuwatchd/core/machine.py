@@ -15,6 +15,14 @@ daemon owns the probe timers (``ProbeTick`` per container, with its random
 phase) and the record folding (:class:`gpuwatchd.model.records.RecordFolder`).
 Dry run is fixed for the core's life (a reload does not switch modes).
 
+:class:`Core` is the one entry point; its parts live beside it:
+:mod:`~gpuwatchd.core.base` (what it tracks, how it emits),
+:mod:`~gpuwatchd.core.ledger` (budgets, give-ups, pauses),
+:mod:`~gpuwatchd.core.remediation` (a fault to its verified end),
+:mod:`~gpuwatchd.core.cause` (the cause rule) and :mod:`~gpuwatchd.core.views`
+(what ``status`` shows). This module holds the event dispatch, GPUs, the
+watch set, log matches and probe results, and the timers.
+
 The rules:
 
 - **A log match alone is not proof.** It asks for a confirmation probe; at
@@ -52,12 +60,8 @@ The rules:
   :data:`VERIFY_RETRY` seconds, backing off to :data:`VERIFY_RETRY_MAX`); (4) record
   ``container_recovered`` or ``remediation_failed``. Faults during a
   remediation join it.
-- **Cause**: host NVML evidence first (``version_mismatch``, ``gpu_lost``,
-  ``driver_not_loaded``); then ``device_access_lost`` (cgroup v1 evidence:
-  certain; otherwise a systemd reload since the container started, with no
-  GPU seen off since then, every GPU's persistence on and host NVML fine:
-  probable); then ``persistence_off`` (a GPU seen Disabled since the
-  container started); else ``unknown``.
+- **Cause**: :func:`gpuwatchd.core.cause.cause_of`, the one rule ``diagnose``
+  uses too, from the evidence the core holds (:meth:`Core.evidence`).
 - **Never restart for a host cause**: one ``remediation_skipped`` with advice,
   at most once per ``window`` per container.
 - **Notify only** (``action = "notify"``): a fault a restart would cure gives
@@ -69,7 +73,7 @@ The rules:
   re-checked when it ends); a fault with the budget spent gives the container
   up: one critical ``remediation_gave_up``, no restarts until ``window``
   after the give-up or an operator reset. Budgets survive reloads and (through
-  :class:`~gpuwatchd.adapters.state_file.PersistedState`) daemon restarts.
+  :class:`~gpuwatchd.model.state.PersistedState`) daemon restarts.
 - **Respect the operator**: act only on running containers (the executor
   re-checks right before restarting), never on orchestrated ones (Swarm or
   Kubernetes labels: one warning), never on unwatched ones, never while
@@ -83,17 +87,23 @@ The rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
-
-from gpuwatchd.adapters.state_file import ALL_CONTAINERS, MAX_HISTORY, HistoryEntry, PersistedState
-from gpuwatchd.compat import StrEnum
-from gpuwatchd.config import Config, ContainerSettings
+from gpuwatchd.core.base import (
+    ACTION_LOST_AFTER,
+    CONFIRM_MIN_INTERVAL,
+    PROBE_LOST_AFTER,
+    VERIFY_FIRST,
+    VERIFY_RETRY,
+    VERIFY_RETRY_MAX,
+    Phase,
+    TrackedContainer,
+    TrackedGpu,
+    target_name,
+)
+from gpuwatchd.core.remediation import Remediating
+from gpuwatchd.core.views import ContainerView, CoreView, GpuView
 from gpuwatchd.model.events import (
     Action,
     ConfigChanged,
-    ContainerRef,
     ContainerState,
     ContainerStateChanged,
     ContainerUnwatched,
@@ -102,229 +112,44 @@ from gpuwatchd.model.events import (
     DeadlineReached,
     DockerAvailable,
     DockerUnavailable,
-    Emit,
     Event,
-    GpuInfo,
     GpuSnapshot,
     LogMatched,
-    NvmlFailure,
     NvmlUnavailable,
     PauseRequested,
     PersistenceSetFinished,
-    PersistenceSetResult,
     ProbeFinished,
     ProbePurpose,
     ProbeTick,
     ResetRequested,
-    RestartContainer,
     RestartFinished,
     RestartOutcome,
     ResumeRequested,
-    RunProbe,
-    SaveState,
-    ScheduleWakeup,
-    SetPersistence,
     SystemdReloaded,
 )
-from gpuwatchd.model.records import ADVICE, NOTIFY_ADVICE, FieldValue, make_record
-from gpuwatchd.model.vocabulary import ORCHESTRATOR_LABEL_PREFIXES, Cause, Confidence, ProbeResult
+from gpuwatchd.model.state import (
+    ALL_CONTAINERS,
+)
+from gpuwatchd.model.vocabulary import ORCHESTRATOR_LABEL_PREFIXES, ProbeResult
 
-#: After a confirmation that led to no restart, the next one waits until this
-#: many seconds after its start (a restart or a heal lifts the wait).
-CONFIRM_MIN_INTERVAL = 10.0
-#: Seconds between verification probes after a restart.
-VERIFY_RETRY = 1.0
-#: The longest wait between two verification probes (the retries back off).
-VERIFY_RETRY_MAX = 10.0
-#: Seconds after a restart before the first verification probe. A probe that
-#: comes too early just fails and is retried; waiting for start_grace instead
-#: would add its full length to every heal.
-VERIFY_FIRST = 0.5
-#: A probe unanswered for probe.timeout plus this long is presumed lost (an
-#: executor bug must not silence a container forever).
-PROBE_LOST_AFTER = 60.0
-#: A restart or persistence set unanswered for its own bound plus this long is
-#: presumed lost and ends failed: no remediation phase waits for ever.
-ACTION_LOST_AFTER = 60.0
-
-_HOST_CAUSES = {
-    NvmlFailure.VERSION_MISMATCH: Cause.VERSION_MISMATCH,
-    NvmlFailure.GPU_LOST: Cause.GPU_LOST,
-    NvmlFailure.DRIVER_NOT_LOADED: Cause.DRIVER_NOT_LOADED,
-}
+__all__ = [
+    "ACTION_LOST_AFTER",
+    "CONFIRM_MIN_INTERVAL",
+    "PROBE_LOST_AFTER",
+    "VERIFY_FIRST",
+    "VERIFY_RETRY",
+    "VERIFY_RETRY_MAX",
+    "Core",
+    "Phase",
+]
 
 
-class Phase(StrEnum):
-    """Where a container's remediation stands."""
-
-    PERSISTENCE = "persistence"  #: waiting for SetPersistence to finish
-    RESTARTING = "restarting"  #: waiting for RestartContainer to finish
-    VERIFYING = "verifying"  #: restarted; waiting for a passing probe or silence
-
-
-# -- read-only views for `gpuwatchd status` and metrics --------------------------------
-
-
-@dataclass(frozen=True)
-class GpuView:
-    index: int
-    uuid: str
-    name: str
-    persistence: bool
-    last_checked: float  #: when the last snapshot was read
-    last_seen_disabled: float | None
-
-
-@dataclass(frozen=True)
-class ContainerView:
-    name: str
-    id: str
-    state: ContainerState
-    orchestrated: bool
-    last_probe_result: ProbeResult | None
-    last_probe_at: float | None
-    restarts_in_window: int
-    given_up_at: float | None
-    given_up_until: float | None
-    paused: bool
-    paused_until: float | None  #: None with ``paused``: until resumed
-    remediation: Phase | None
-    cause: Cause | None  #: of the remediation under way
-    profile: str | None = None
-    action: str = "restart"
-    patterns: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class CoreView:
-    dry_run: bool
-    gpus: tuple[GpuView, ...]
-    containers: tuple[ContainerView, ...]
-    nvml_unavailable: str | None  #: an NvmlFailure value while host NVML is down
-    docker_unavailable: str | None  #: the error while Docker is down
-    paused_all: bool
-    paused_all_until: float | None
-
-    def to_json(self) -> dict[str, Any]:
-        """This view as plain JSON-ready data (enums as their values)."""
-        return {k: _plain(v) for k, v in asdict(self).items()}
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, StrEnum):
-        return value.value
-    return value
-
-
-# -- internal state -----------------------------------------------------------------------
-
-
-@dataclass
-class _Gpu:
-    info: GpuInfo
-    persistence: bool  #: as last seen, or True once gpuwatchd set it
-    last_checked: float
-
-
-@dataclass
-class _Remediation:
-    cause: Cause
-    confidence: Confidence | None
-    began: float
-    phase: Phase = Phase.RESTARTING
-    faults: int = 1  #: the fault that began it plus those that joined it
-    decided_at: float = 0.0  #: when the restart was decided (its budget entry)
-    attempt: int = 0
-    restarted_at: float = 0.0
-    by_silence: bool = False
-    last_result: ProbeResult | None = None
-    last_device_access: bool | None = None
-    verify_retries: int = 0
-    matches: int = 0  #: pattern matches seen since the remediation's last record
-
-
-@dataclass
-class _Container:
-    ref: ContainerRef
-    state: ContainerState
-    started_at: float
-    orchestrated: bool
-    probe_purpose: ProbePurpose | None = None
-    probe_started: float = 0.0
-    #: Start of the last confirmation, until a restart or a heal clears it:
-    #: the next confirmation waits until CONFIRM_MIN_INTERVAL after it.
-    last_confirm: float | None = None
-    unreported: int = 0  #: matches not yet in a log_pattern_matched record
-    covered: int = 0  #: matches the in-flight confirmation probe answers for
-    pattern: str = ""
-    line: str = ""
-    last_result: ProbeResult | None = None
-    last_probe_at: float | None = None
-    remediation: _Remediation | None = None
-    deferred_until: float | None = None
-    recheck: ProbePurpose | None = None  #: probe again once the probe in flight ends
-    image: str = ""  #: its image reference (picks a profile)
-
-
-class Core:
+class Core(Remediating):
     """The pure decision core. See the module docstring for the rules.
 
     ``state``: what :func:`gpuwatchd.adapters.state_file.load_state` read (None: empty).
     ``dry_run``: decide and record everything, change nothing.
     """
-
-    def __init__(
-        self, config: Config, state: PersistedState | None = None, *, dry_run: bool = False
-    ) -> None:
-        st = state if state is not None else PersistedState()
-        self._config = config
-        self._dry_run = dry_run
-        self._restarts: dict[str, list[float]] = {k: sorted(v) for k, v in st.restarts.items()}
-        self._given_up: dict[str, float] = dict(st.given_up)
-        self._paused: dict[str, float | None] = dict(st.paused)
-        self._gpu_last_disabled: dict[str, float] = dict(st.gpu_last_disabled)
-        self._history: dict[str, list[HistoryEntry]] = {k: list(v) for k, v in st.history.items()}
-        self._gpus: dict[int, _Gpu] = {}
-        self._containers: dict[str, _Container] = {}
-        self._nvml_failure: NvmlFailure | None = None
-        self._docker_error: str | None = None
-        self._last_reload: float | None = None
-        self._set_in_flight = False
-        self._set_pending: tuple[int, ...] = ()
-        self._set_attempts: dict[int, float] = {}
-        self._host_skips: dict[str, float] = {}
-        self._notify_skips: dict[tuple[str, Cause], float] = {}
-        self._warned_orchestrated: set[str] = set()
-        self._probe_unavailable: set[str] = set()
-        self._tokens: dict[tuple[str | None, DeadlineKind], int] = {}
-        self._next_token = 0
-        self._out: list[Action] = []
-
-    # -- public API -------------------------------------------------------------------
-
-    @property
-    def config(self) -> Config:
-        """The configuration in force."""
-        return self._config
-
-    @property
-    def dry_run(self) -> bool:
-        """True when decisions are recorded but nothing is changed."""
-        return self._dry_run
-
-    def persisted(self) -> PersistedState:
-        """The state to persist now (also what every :class:`SaveState` carries)."""
-        return PersistedState(
-            restarts={k: tuple(v) for k, v in self._restarts.items() if v},
-            given_up=dict(self._given_up),
-            paused=dict(self._paused),
-            gpu_last_disabled=dict(self._gpu_last_disabled),
-            history={k: tuple(v) for k, v in self._history.items() if v},
-        )
 
     def start(self, now: float) -> list[Action]:
         """Call once before the first event: re-arms or expires the loaded state's timers."""
@@ -341,7 +166,7 @@ class Core:
             if until is not None:
                 if until <= now:
                     del self._paused[key]
-                    self._emit("operator_resumed", target=_target(key), reason="expired")
+                    self._emit("operator_resumed", target=target_name(key), reason="expired")
                     self._save()
                 else:
                     self._wake(key, DeadlineKind.PAUSE_END, until)
@@ -402,7 +227,7 @@ class Core:
             case PauseRequested():
                 key = event.container or ALL_CONTAINERS
                 self._paused[key] = event.until
-                self._emit("operator_paused", target=_target(key), until=event.until)
+                self._emit("operator_paused", target=target_name(key), until=event.until)
                 if event.until is not None:
                     self._wake(key, DeadlineKind.PAUSE_END, event.until)
                 self._save()
@@ -411,7 +236,8 @@ class Core:
                 for key in keys:
                     self._paused.pop(key, None)
                     self._tokens.pop((key, DeadlineKind.PAUSE_END), None)
-                self._emit("operator_resumed", target=_target(event.container), reason="operator")
+                target = target_name(event.container)
+                self._emit("operator_resumed", target=target, reason="operator")
                 self._save()
             case ConfigChanged():
                 self._config = event.config
@@ -469,77 +295,16 @@ class Core:
             paused_all_until=all_until,
         )
 
-    # -- plumbing -----------------------------------------------------------------------
-
-    def _take(self) -> list[Action]:
-        out, self._out = self._out, []
-        return out
-
-    def _emit(
-        self, event: str, c: _Container | None = None, *, fold: bool = True, **fields: FieldValue
-    ) -> None:
-        if c is not None:
-            fields.setdefault("container", c.ref.name)
-            fields.setdefault("container_id", c.ref.short_id)
-        if self._dry_run:
-            fields["dry_run"] = True
-        self._out.append(Emit(make_record(event, **fields), fold))
-
-    def _led_to(self, start: int, decide: Callable[[], None]) -> None:
-        """Run ``decide``; when it did anything besides saving state or setting a
-        timer, the records emitted since ``start`` led to it: they are never folded."""
-        end = len(self._out)
-        decide()
-        if any(not isinstance(a, SaveState | ScheduleWakeup) for a in self._out[end:]):
-            for i in range(start, end):
-                a = self._out[i]
-                if isinstance(a, Emit):
-                    self._out[i] = Emit(a.record, fold=False)
-
-    def _remember(self, name: str, entry: HistoryEntry) -> None:
-        """Keep what gpuwatchd did, for ``diagnose`` (dry run changes nothing)."""
-        if self._dry_run:
-            return
-        entries = self._history.setdefault(name, [])
-        entries.append(entry)
-        del entries[:-MAX_HISTORY]
-
-    def _save(self) -> None:
-        # Dry run changes nothing, the state file included.
-        if not self._dry_run:
-            self._out.append(SaveState(self.persisted()))
-
-    def _wake(self, key: str | None, kind: DeadlineKind, at: float) -> None:
-        self._next_token += 1
-        self._tokens[(key, kind)] = self._next_token
-        self._out.append(ScheduleWakeup(at, DeadlineReached(key, kind, self._next_token)))
-
-    def _live(self, ref: ContainerRef) -> _Container | None:
-        """The watched container ``ref`` names, if it is still that instance."""
-        c = self._containers.get(ref.name)
-        return c if c is not None and c.ref.id == ref.id else None
-
-    def _settings(self, c: _Container) -> ContainerSettings:
-        return self._config.for_container(c.ref.name, c.image)
-
-    def _drop(self, c: _Container) -> None:
-        del self._containers[c.ref.name]
-        for key in [k for k in self._tokens if k[0] == c.ref.name]:
-            if key[1] not in (DeadlineKind.GIVE_UP_END, DeadlineKind.PAUSE_END):
-                del self._tokens[key]
-
-    # -- GPUs -------------------------------------------------------------------------------
-
     def _on_gpus(self, event: GpuSnapshot, now: float) -> None:
         if self._nvml_failure is not None:
             self._nvml_failure = None
             self._emit("nvml_available")
         newly_off = False
         start = len(self._out)
-        gpus: dict[int, _Gpu] = {}
+        gpus: dict[int, TrackedGpu] = {}
         for info in event.gpus:
             prev = self._gpus.get(info.index)
-            gpus[info.index] = _Gpu(info, info.persistence, now)
+            gpus[info.index] = TrackedGpu(info, info.persistence, now)
             if info.persistence:
                 continue
             self._gpu_last_disabled[info.uuid] = now
@@ -565,70 +330,6 @@ class Core:
             if due and not self._set_in_flight:
                 self._set_persistence(due, now)
 
-    def _set_persistence(self, gpus: list[_Gpu], now: float) -> None:
-        """Ask for persistence mode on ``gpus`` (in dry run: record that it would be)."""
-        for g in gpus:
-            self._set_attempts[g.info.index] = now
-        if self._dry_run:
-            for g in gpus:
-                self._emit(
-                    "gpu_persistence_enabled",
-                    gpu_index=g.info.index,
-                    gpu_uuid=g.info.uuid,
-                    gpu_name=g.info.name,
-                )
-            return
-        self._set_in_flight = True
-        self._set_pending = tuple(g.info.index for g in gpus)
-        self._out.append(SetPersistence(self._set_pending))
-        self._wake(None, DeadlineKind.ACTION_LOST, now + self._persistence_bound())
-
-    def _persistence_bound(self) -> float:
-        return ACTION_LOST_AFTER + 10.0 * len(self._set_pending)
-
-    def _persistence_lost(self, now: float) -> None:
-        """The SetPersistence in flight got no answer: it ends failed on every GPU."""
-        if not self._set_in_flight:
-            return
-        error = f"no answer within {self._persistence_bound():g} s"
-        self._on_persistence_set(
-            PersistenceSetFinished(tuple(
-                PersistenceSetResult(index, False, error=error) for index in self._set_pending
-            )),
-            now,
-        )
-
-    def _on_persistence_set(self, event: PersistenceSetFinished, now: float) -> None:
-        self._set_in_flight = False
-        self._tokens.pop((None, DeadlineKind.ACTION_LOST), None)
-        for r in event.results:
-            g = self._gpus.get(r.index)
-            uuid = r.uuid or (g.info.uuid if g else "")
-            if r.ok:
-                if g is not None:
-                    g.persistence = True  # until the next snapshot says otherwise
-                self._emit(
-                    "gpu_persistence_enabled",
-                    gpu_index=r.index,
-                    gpu_uuid=uuid or None,
-                    gpu_name=g.info.name if g else None,
-                    dry_run=False,
-                )
-            else:
-                self._emit(
-                    "gpu_persistence_set_failed",
-                    gpu_index=r.index,
-                    gpu_uuid=uuid or None,
-                    error=r.error,
-                )
-        # Step (2) follows step (1) whatever its outcome: a restart still helps
-        # when persistence could not be set, and the records say why it recurs.
-        for c in list(self._containers.values()):
-            if c.remediation is not None and c.remediation.phase is Phase.PERSISTENCE:
-                self._restart(c, now)
-
-    # -- containers ----------------------------------------------------------------------
-
     def _on_watched(self, event: ContainerWatched, now: float) -> None:
         name = event.ref.name
         c = self._containers.get(name)
@@ -643,7 +344,9 @@ class Core:
             # Recreated under the same name: a new instance, same budget.
             self._drop(c)
             change = "recreated"
-        c = _Container(event.ref, event.state, event.started_at, orchestrated, image=event.image)
+        c = TrackedContainer(
+            event.ref, event.state, event.started_at, orchestrated, image=event.image
+        )
         self._containers[name] = c
         self._emit("watch_set_changed", c, change=change, reason=event.state.value)
         if orchestrated and name not in self._warned_orchestrated:
@@ -655,48 +358,6 @@ class Core:
                 advice="Managed by Swarm or Kubernetes: gpuwatchd probes and records it "
                 "but never restarts it; let the orchestrator's health checks act.",
             )
-
-    def _grace_end(self, c: _Container) -> float:
-        return c.started_at + self._settings(c).start_grace
-
-    def _busy(self, c: _Container, now: float) -> bool:
-        return (
-            c.probe_purpose is not None
-            and now - c.probe_started < self._config.probe.timeout + PROBE_LOST_AFTER
-        )
-
-    def _can_probe(self, c: _Container, now: float) -> bool:
-        return (
-            c.state is ContainerState.RUNNING
-            and now >= self._grace_end(c)
-            and not self._busy(c, now)
-        )
-
-    def _probe(self, c: _Container, purpose: ProbePurpose, now: float) -> None:
-        c.probe_purpose = purpose
-        c.probe_started = now
-        self._out.append(
-            RunProbe(c.ref, purpose, self._settings(c).probe_command, self._config.probe.timeout)
-        )
-
-    def _probe_all(self, purpose: ProbePurpose, now: float) -> None:
-        for c in self._containers.values():
-            if c.remediation is None and self._can_probe(c, now):
-                self._probe(c, purpose, now)
-            elif c.remediation is None and c.probe_purpose is not None:
-                # A probe already under way may have passed on access a systemd
-                # reload revoked a moment later: check again when it ends.
-                c.recheck = purpose
-
-    def _recheck(self, ref: ContainerRef, now: float) -> None:
-        c = self._live(ref)
-        if c is None or c.recheck is None:
-            return
-        purpose, c.recheck = c.recheck, None
-        if c.remediation is None and self._can_probe(c, now):
-            self._probe(c, purpose, now)
-
-    # -- logs and probes -------------------------------------------------------------------
 
     def _on_log(self, event: LogMatched, now: float) -> None:
         c = self._live(event.ref)
@@ -728,18 +389,7 @@ class Core:
             return
         self._request_confirm(c, now)
 
-    def _report_matches(self, c: _Container, *, fold: bool = True) -> None:
-        self._emit(
-            "log_pattern_matched",
-            c,
-            fold=fold,
-            pattern=c.pattern,
-            line=c.line,
-            count=c.unreported,
-        )
-        c.unreported = 0
-
-    def _request_confirm(self, c: _Container, now: float) -> None:
+    def _request_confirm(self, c: TrackedContainer, now: float) -> None:
         if c.unreported == 0 or c.state is not ContainerState.RUNNING or self._busy(c, now):
             return  # a busy container's probe result calls this again
         earliest = self._grace_end(c)
@@ -821,356 +471,6 @@ class Core:
         if c.remediation is None and c.unreported:
             self._request_confirm(c, now)
 
-    # -- faults and remediation ------------------------------------------------------------
-
-    def cause_of(
-        self, c_name: str, device_access_ok: bool | None
-    ) -> tuple[Cause, Confidence | None]:
-        """The cause the evidence points to for a fault in container ``c_name`` now.
-
-        Raises:
-            KeyError: when ``c_name`` is not watched.
-        """
-        c = self._containers[c_name]
-        nf = self._nvml_failure
-        if nf is not None and nf in _HOST_CAUSES:
-            return _HOST_CAUSES[nf], Confidence.CERTAIN
-        if device_access_ok is False:
-            return Cause.DEVICE_ACCESS_LOST, Confidence.CERTAIN
-        off_since_start = any(t >= c.started_at for t in self._gpu_last_disabled.values())
-        if (
-            device_access_ok is None
-            and self._last_reload is not None
-            and self._last_reload >= c.started_at
-            and not off_since_start
-            and nf is None
-            and self._gpus
-            and all(g.persistence for g in self._gpus.values())
-        ):
-            return Cause.DEVICE_ACCESS_LOST, Confidence.PROBABLE
-        if off_since_start:
-            return Cause.PERSISTENCE_OFF, Confidence.CERTAIN
-        return Cause.UNKNOWN, None
-
-    def _fault(self, c: _Container, now: float, device_access_ok: bool | None) -> None:
-        """A container fault: proven by a probe, or a pattern where probes are off."""
-        name = c.ref.name
-        if c.state is not ContainerState.RUNNING or c.orchestrated:
-            return
-        if c.remediation is not None:
-            c.remediation.faults += 1
-            return
-        cause, confidence = self.cause_of(name, device_access_ok)
-        window = self._config.remediation.window
-        if not cause.restart_cures:
-            last = self._host_skips.get(name)
-            if last is None or now - last >= window:
-                self._host_skips[name] = now
-                self._emit(
-                    "remediation_skipped",
-                    c,
-                    reason="host_cause",
-                    cause=cause.value,
-                    confidence=confidence.value if confidence else None,
-                    advice=ADVICE[cause.value],
-                    dry_run=self._dry_run,
-                )
-            return
-        if self._settings(c).action == "notify":
-            self._notify_only(c, now, cause, confidence)
-            return
-        if self._paused_now(name, now):
-            self._emit(
-                "remediation_skipped",
-                c,
-                reason="paused",
-                cause=cause.value,
-                advice="Remediation is paused by the operator; `gpuwatchd resume` re-enables it.",
-                dry_run=self._dry_run,
-            )
-            return
-        if self._given_up_now(name, now):
-            return  # said once, critically; probe_failed records go on
-        history = self._in_window(name, now)
-        rem = self._config.remediation
-        if len(history) >= rem.max_restarts:
-            self._give_up(c, now, cause, len(history))
-            return
-        if history and now - history[-1] < rem.cooldown:
-            until = history[-1] + rem.cooldown
-            if c.deferred_until is None:
-                c.deferred_until = until
-                self._emit(
-                    "remediation_deferred",
-                    c,
-                    cause=cause.value,
-                    until=until,
-                    dry_run=self._dry_run,
-                )
-                self._wake(name, DeadlineKind.COOLDOWN_END, until)
-            return
-        c.deferred_until = None
-        if c.unreported:
-            self._report_matches(c, fold=False)  # they belong to this fault
-        r = _Remediation(cause, confidence, began=now)
-        c.remediation = r
-        # Step 1: persistence mode on every GPU seen off.
-        off = [g for g in self._gpus.values() if not g.persistence]
-        if off and self._config.gpu.enforce_persistence:
-            if self._dry_run:
-                self._set_persistence(off, now)
-            else:
-                r.phase = Phase.PERSISTENCE
-                if not self._set_in_flight:
-                    self._set_persistence(off, now)
-                return  # step 2 follows PersistenceSetFinished
-        self._restart(c, now)
-
-    def _notify_only(
-        self, c: _Container, now: float, cause: Cause, confidence: Confidence | None
-    ) -> None:
-        """A proven fault in a container that must not be restarted: tell, advise, leave it."""
-        off = [g for g in self._gpus.values() if not g.persistence]
-        if off and self._config.gpu.enforce_persistence and not self._set_in_flight:
-            self._set_persistence(off, now)  # a host setting: no running job notices
-        key = (c.ref.name, cause)
-        last = self._notify_skips.get(key)
-        if last is not None and now - last < self._config.remediation.window:
-            return
-        self._notify_skips[key] = now
-        self._emit(
-            "remediation_skipped",
-            c,
-            reason="notify_only",
-            cause=cause.value,
-            confidence=confidence.value if confidence else None,
-            advice=NOTIFY_ADVICE.get(cause.value, NOTIFY_ADVICE["unknown"]).format(
-                container=c.ref.name
-            ),
-            dry_run=self._dry_run,
-        )
-
-    def _restart(self, c: _Container, now: float) -> None:
-        """Step 2: take a budget entry, then restart (dry run: record and stop here)."""
-        r = c.remediation
-        assert r is not None
-        name = c.ref.name
-        if c.state is not ContainerState.RUNNING:
-            # It stopped (or paused) while persistence was being set: leave it be.
-            c.remediation = None
-            self._emit(
-                "remediation_skipped",
-                c,
-                reason="not_running",
-                state=c.state.value,
-                matches=_take_matches(r),
-                cause=r.cause.value,
-                advice="It stopped before the restart; gpuwatchd never starts a stopped container.",
-                dry_run=self._dry_run,
-            )
-            return
-        self._prune(name, now)
-        self._restarts.setdefault(name, []).append(now)
-        r.phase, r.decided_at = Phase.RESTARTING, now
-        r.attempt = len(self._in_window(name, now))
-        if self._dry_run:
-            self._emit_restarted(c, r)
-            c.remediation = None
-            return
-        self._save()  # the budget is durable before the restart happens
-        self._out.append(RestartContainer(c.ref, self._settings(c).restart_timeout))
-        self._wake(name, DeadlineKind.ACTION_LOST, now + self._restart_bound(c))
-
-    def _restart_bound(self, c: _Container) -> float:
-        # An inspect, the restart (its stop grace plus the call) and an inspect again.
-        return (self._settings(c).restart_timeout + 3 * self._config.docker.timeout
-                + ACTION_LOST_AFTER)
-
-    def _emit_restarted(self, c: _Container, r: _Remediation) -> None:
-        self._emit(
-            "container_restarted",
-            c,
-            cause=r.cause.value,
-            confidence=r.confidence.value if r.confidence else None,
-            attempt=r.attempt,
-            max_restarts=self._config.remediation.max_restarts,
-            count=r.faults,
-            matches=_take_matches(r),
-            dry_run=self._dry_run,
-        )
-
-    def _on_restarted(self, event: RestartFinished, now: float) -> None:
-        c = self._live(event.ref)
-        if c is None or c.remediation is None or c.remediation.phase is not Phase.RESTARTING:
-            return
-        r = c.remediation
-        name = c.ref.name
-        if event.outcome is RestartOutcome.RESTARTED:
-            if event.new_ref is not None and event.new_ref != c.ref:
-                # Same name, new ID (unusual for a restart): follow it.
-                del self._containers[name]
-                c.ref = event.new_ref
-                self._containers[c.ref.name] = c
-            c.state = ContainerState.RUNNING
-            c.started_at = event.started_at if event.started_at is not None else now
-            c.probe_purpose = None  # a probe of the old process is meaningless
-            c.last_confirm = None  # a new process: its first matching line is confirmed at once
-            self._emit_restarted(c, r)
-            self._remember(c.ref.name, HistoryEntry(
-                now, "restarted", r.cause.value, r.confidence.value if r.confidence else None))
-            self._save()
-            r.phase, r.restarted_at = Phase.VERIFYING, now
-            # Silence verifies only where probes are off by configuration.
-            r.by_silence = not self._settings(c).confirm_with_probe
-            self._wake(
-                c.ref.name,
-                DeadlineKind.VERIFY_DEADLINE,
-                now + self._config.remediation.verify_timeout,
-            )
-            if not r.by_silence:
-                self._wake(c.ref.name, DeadlineKind.VERIFY_PROBE, now + VERIFY_FIRST)
-            return
-        c.remediation = None
-        if event.outcome is RestartOutcome.NOT_RUNNING:
-            # The operator (or Docker) stopped it in between: leave it, refund the budget.
-            if event.state is not None:
-                c.state = event.state
-            history = self._restarts.get(name, [])
-            if r.decided_at in history:
-                history.remove(r.decided_at)
-            self._save()
-            self._emit(
-                "remediation_skipped",
-                c,
-                reason="not_running",
-                state=event.state.value if event.state else None,
-                matches=_take_matches(r),
-                cause=r.cause.value,
-                advice="It was not running right before the restart; gpuwatchd never "
-                "starts a stopped container.",
-                dry_run=self._dry_run,
-            )
-        else:
-            self._emit(
-                "remediation_failed",
-                c,
-                result="restart_error",
-                error=event.error,
-                cause=r.cause.value,
-                count=r.faults,
-                matches=_take_matches(r),
-                dry_run=self._dry_run,
-            )
-
-    def _retry_verify(self, c: _Container, now: float) -> None:
-        r = c.remediation
-        assert r is not None
-        deadline = r.restarted_at + self._config.remediation.verify_timeout
-        # Quick at first (most heals verify within a second or two), then
-        # backing off so a failed heal costs a handful of probes, not dozens.
-        at = now + min(VERIFY_RETRY * 2**r.verify_retries, VERIFY_RETRY_MAX)
-        r.verify_retries += 1
-        if at < deadline:
-            self._wake(c.ref.name, DeadlineKind.VERIFY_PROBE, at)
-
-    def _recovered(self, c: _Container, now: float, result: str) -> None:
-        r = c.remediation
-        assert r is not None
-        self._emit(
-            "container_recovered",
-            c,
-            result=result,
-            cause=r.cause.value,
-            elapsed=round(now - r.restarted_at, 3),
-            count=r.faults,
-            matches=_take_matches(r),
-            dry_run=self._dry_run,
-        )
-        c.remediation = None
-        c.last_confirm = None  # healed: the next matching line is confirmed at once
-        self._remember(c.ref.name, HistoryEntry(now, "recovered", r.cause.value, result))
-        self._save()
-
-    def _remediation_failed(self, c: _Container, now: float, result: str) -> None:
-        r = c.remediation
-        assert r is not None
-        self._emit(
-            "remediation_failed",
-            c,
-            result=result,
-            cause=r.cause.value,
-            state=c.state.value if c.state is not ContainerState.RUNNING else None,
-            count=r.faults,
-            matches=_take_matches(r),
-            dry_run=self._dry_run,
-        )
-        c.remediation = None
-
-    def _on_verify_deadline(self, c: _Container, now: float) -> None:
-        r = c.remediation
-        if r is None or r.phase is not Phase.VERIFYING:
-            return
-        self._tokens.pop((c.ref.name, DeadlineKind.VERIFY_PROBE), None)
-        if c.state is not ContainerState.RUNNING:
-            self._remediation_failed(c, now, ProbeResult.NOT_RUNNING.value)
-            return  # a container that stopped is the operator's (or its own) business
-        if r.by_silence:
-            self._recovered(c, now, "unverified")
-            return
-        last = r.last_result
-        self._remediation_failed(c, now, last.value if last else "unverified")
-        if last is not None and last.is_gpu_fault:
-            # The fault outlived the restart: it goes through cooldown and budget again.
-            self._fault(c, now, r.last_device_access)
-
-    def _give_up(self, c: _Container, now: float, cause: Cause, restarts: int) -> None:
-        name = c.ref.name
-        window = self._config.remediation.window
-        self._given_up[name] = now
-        self._remember(name, HistoryEntry(now, "gave_up", cause.value))
-        self._emit(
-            "remediation_gave_up",
-            c,
-            cause=cause.value,
-            count=restarts,
-            window=window,
-            until=now + window,
-            dry_run=self._dry_run,
-        )
-        self._wake(name, DeadlineKind.GIVE_UP_END, now + window)
-        self._save()
-
-    def _rearm(self, name: str) -> None:
-        del self._given_up[name]
-        c = self._containers.get(name)
-        self._emit("remediation_rearmed", c, container=name)
-        self._save()
-
-    def _given_up_now(self, name: str, now: float) -> bool:
-        at = self._given_up.get(name)
-        if at is None:
-            return False
-        if at + self._config.remediation.window <= now:
-            self._rearm(name)
-            return False
-        return True
-
-    def _prune(self, name: str, now: float) -> None:
-        window = self._config.remediation.window
-        kept = [t for t in self._restarts.get(name, []) if t > now - window]
-        if kept:
-            self._restarts[name] = kept
-        else:
-            self._restarts.pop(name, None)
-
-    def _in_window(self, name: str, now: float) -> list[float]:
-        # Entries "in the future" (the wall clock stepped back) still count: the
-        # safe side is fewer restarts, never more.
-        window = self._config.remediation.window
-        return [t for t in self._restarts.get(name, []) if t > now - window]
-
-    # -- timers and the operator -----------------------------------------------------------
-
     def _on_deadline(self, event: DeadlineReached, now: float) -> None:
         key = (event.container, event.kind)
         if self._tokens.get(key) != event.token:
@@ -1182,7 +482,7 @@ class Core:
             until = self._paused.get(pkey)
             if until is not None and until <= now:
                 del self._paused[pkey]
-                self._emit("operator_resumed", target=_target(pkey), reason="expired")
+                self._emit("operator_resumed", target=target_name(pkey), reason="expired")
                 self._save()
             return
         if name is None:
@@ -1223,48 +523,3 @@ class Core:
                     self._probe(c, ProbePurpose.RECHECK, now)
             else:
                 self._fault(c, now, None)
-
-    def _on_reset(self, name: str | None) -> None:
-        names = [name] if name else sorted(set(self._restarts) | set(self._given_up))
-        for n in names:
-            self._restarts.pop(n, None)
-            self._given_up.pop(n, None)
-            self._host_skips.pop(n, None)
-            self._tokens.pop((n, DeadlineKind.GIVE_UP_END), None)
-        for key in [k for k in self._notify_skips if name is None or k[0] == name]:
-            del self._notify_skips[key]
-        if name is None:
-            self._host_skips.clear()
-        self._emit("operator_reset", target=_target(name))
-        self._save()
-
-    def _pause_key(self, key: str, now: float) -> tuple[bool, float | None]:
-        if key not in self._paused:
-            return False, None
-        until = self._paused[key]
-        if until is not None and until <= now:
-            return False, None
-        return True, until
-
-    def _pause_of(self, name: str, now: float) -> tuple[bool, float | None]:
-        paused, until = self._pause_key(name, now)
-        if paused:
-            return paused, until
-        return self._pause_key(ALL_CONTAINERS, now)
-
-    def _paused_now(self, name: str | None, now: float) -> bool:
-        """Whether remediation of ``name`` (None: host-wide actions) is paused."""
-        if name is None:
-            return self._pause_key(ALL_CONTAINERS, now)[0]
-        return self._pause_of(name, now)[0]
-
-
-def _take_matches(r: _Remediation) -> int | None:
-    """The matches seen since the remediation's last record (None: none); each is
-    reported once."""
-    n, r.matches = r.matches, 0
-    return n or None
-
-
-def _target(key: str | None) -> str:
-    return "all containers" if key in (None, ALL_CONTAINERS) else str(key)

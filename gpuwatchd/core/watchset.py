@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from gpuwatchd.adapters.docker_engine import ContainerInfo
 from gpuwatchd.config import Config, WatchConfig
-from gpuwatchd.observers.control import ControlError
+from gpuwatchd.model.container import ContainerInfo
+
+
+class UnknownTarget(LookupError):
+    """A pause or resume names no container gpuwatchd watches or is configured
+    for (the message is one line for people; the control channel answers it)."""
+
 
 #: A configured ID must be at least this long to match (Docker's short ID).
 MIN_ID_PREFIX = 12
@@ -56,7 +61,7 @@ def control_target(
     or when it is in ``paused`` (a pause in force can always be lifted).
 
     Raises:
-        ControlError: ``no watched or configured container named 'NAME'``
+        UnknownTarget: ``no watched or configured container named 'NAME'``
             for any other name (one line; a long name is cut short).
     """
     if not name:
@@ -71,4 +76,4 @@ def control_target(
     if name in config.watch.containers or name in config.containers or name in set(paused):
         return name
     shown = name if len(name) <= _SHOWN else name[:_SHOWN] + "…"
-    raise ControlError(f"no watched or configured container named {shown!r}")
+    raise UnknownTarget(f"no watched or configured container named {shown!r}")

@@ -29,24 +29,15 @@ from gpuwatchd.adapters.docker_engine import (
     DockerGateway,
     DockerUnavailable,
     container_info,
+    gpu_methods,
     one_line,
     parse_docker_time,
 )
-from gpuwatchd.adapters.state_file import (
-    MAX_HISTORY,
-    HistoryEntry,
-    PersistedState,
-    read_state_file,
-    state_path,
-)
+from gpuwatchd.adapters.journal_query import last_reload, open_journal
+from gpuwatchd.adapters.state_file import read_state_file, state_path
 from gpuwatchd.config import Config
 from gpuwatchd.core.classify import classify_probe, summarize_output
-from gpuwatchd.diagnose.verdict import (
-    GPU_CDI,
-    GPU_DEVICE,
-    GPU_LEGACY_HOOK,
-    GPU_NVIDIA_RUNTIME,
-    START_MARGIN,
+from gpuwatchd.diagnose.data import (
     ContainerFacts,
     DockerFacts,
     Facts,
@@ -58,6 +49,8 @@ from gpuwatchd.diagnose.verdict import (
     PersistencedFacts,
     ProbeFacts,
 )
+from gpuwatchd.diagnose.verdict import START_MARGIN
+from gpuwatchd.model.state import MAX_HISTORY, HistoryEntry, PersistedState
 from gpuwatchd.patterns import first_match
 
 PERSISTENCED = "nvidia-persistenced"
@@ -151,43 +144,6 @@ def persistenced_facts(
 # Host readers
 
 
-def _open_journal(journal: Any, journal_path: str | None) -> Any:
-    """A reader of the local system journal, or of ``journal_path`` (tests).
-
-    Raises:
-        OSError: it cannot be opened.
-    """
-    if journal_path is not None:
-        return journal.Reader(path=journal_path)
-    return journal.Reader(flags=journal.SYSTEM_ONLY | journal.LOCAL_ONLY)
-
-
-def last_systemd_reload(journal_path: str | None = None) -> float | None:
-    """When PID 1 last logged a daemon-reload (epoch seconds); None when unknown."""
-    try:
-        from systemd import journal
-    except ImportError:
-        return None
-    from gpuwatchd.observers.reload_watch import RELOAD_MESSAGES
-
-    try:
-        reader = _open_journal(journal, journal_path)
-        try:
-            reader.add_match(_PID="1")
-            for message in sorted(RELOAD_MESSAGES):
-                reader.add_match(MESSAGE=message)
-            reader.seek_tail()
-            entry = reader.get_previous()
-        finally:
-            reader.close()
-    except OSError:
-        return None
-    if not entry:
-        return None
-    stamp = entry.get("__REALTIME_TIMESTAMP")
-    return stamp.timestamp() if hasattr(stamp, "timestamp") else None
-
-
 def kernel_module_version(proc: Path = Path("/proc")) -> str | None:
     """The loaded NVIDIA kernel module's version from ``/proc/driver/nvidia/version``."""
     try:
@@ -248,33 +204,6 @@ def _str_or_none(value: object) -> str | None:
 
 # --------------------------------------------------------------------------
 # Containers
-
-
-def gpu_methods(attrs: Mapping[str, Any], default_runtime: str | None = None) -> tuple[str, ...]:
-    """How the container was given its GPUs, from ``docker inspect`` data (pure)."""
-    host = attrs.get("HostConfig") or {}
-    config = attrs.get("Config") or {}
-    methods: list[str] = []
-    for req in host.get("DeviceRequests") or []:
-        ids = [str(i) for i in (req.get("DeviceIDs") or [])]
-        if req.get("Driver") == "cdi" or any("=" in i and "/" in i for i in ids):
-            methods.append(GPU_CDI)
-        elif req.get("Driver") == "nvidia" or any(
-            "gpu" in caps for caps in (req.get("Capabilities") or [])
-        ):
-            methods.append(GPU_LEGACY_HOOK)
-    annotations = host.get("Annotations") or {}
-    if any(str(k).startswith("cdi.k8s.io/") for k in annotations):
-        methods.append(GPU_CDI)
-    env = {k: v for k, _, v in (str(e).partition("=") for e in config.get("Env") or [])}
-    visible = env.get("NVIDIA_VISIBLE_DEVICES", "").strip().lower()
-    runtime = host.get("Runtime") or default_runtime
-    if runtime == "nvidia" and (host.get("Runtime") == "nvidia" or visible not in ("", "void")):
-        methods.append(GPU_NVIDIA_RUNTIME)
-    devices = host.get("Devices") or []
-    if any(str(d.get("PathInContainer", "")).startswith("/dev/nvidia") for d in devices):
-        methods.append(GPU_DEVICE)
-    return tuple(dict.fromkeys(methods))
 
 
 def scan_logs(raw: bytes, patterns: Sequence[Any], started_at: float) -> LogFacts:
@@ -361,6 +290,8 @@ class History:
     facts: HistoryFacts
     entries: Mapping[str, tuple[HistoryEntry, ...]]
     given_up: Mapping[str, float]
+    #: When the daemon last saw each GPU off; None when the source does not keep it.
+    gpu_last_disabled: Mapping[str, float] | None = None
 
 
 #: The records that say what gpuwatchd did, and the history event each one is.
@@ -396,11 +327,10 @@ def journal_history(journal_path: str | None = None) -> dict[str, tuple[HistoryE
     """gpuwatchd's records in the system journal of the last LOG_WINDOW, as
     history; empty when the journal cannot be read. Never raises."""
     try:
-        from systemd import journal
-    except ImportError:
+        reader = open_journal(journal_path)
+    except (ImportError, OSError):
         return {}
     try:
-        reader = _open_journal(journal, journal_path)
         try:
             reader.add_match(SYSLOG_IDENTIFIER="gpuwatchd")
             for event in JOURNAL_EVENTS:
@@ -425,7 +355,7 @@ def daemon_history(config: Config, journal_path: str | None = None) -> History:
         doc = request(runtime, {"command": "history"}, timeout=5.0)
         state = PersistedState.from_json(doc["state"])
         return History(HistoryFacts("daemon", str(runtime), float(doc["now"])),
-                       state.history, state.given_up)
+                       state.history, state.given_up, state.gpu_last_disabled)
     except (NoDaemon, ControlError, OSError, KeyError, TypeError, ValueError) as exc:
         daemon_error = one_line(exc)
     path = state_path(config.daemon.state_dir)
@@ -438,7 +368,8 @@ def daemon_history(config: Config, journal_path: str | None = None) -> History:
         problem = f"no daemon answered ({daemon_error}); state file {path}: {one_line(exc)}"
     else:
         merged = {**journal, **state.history}
-        return History(HistoryFacts("state file", str(path), mtime), merged, state.given_up)
+        return History(HistoryFacts("state file", str(path), mtime), merged, state.given_up,
+                       state.gpu_last_disabled)
     if journal:
         newest = max(e.at for entries in journal.values() for e in entries)
         return History(HistoryFacts("journal", "gpuwatchd's records", newest), journal, {})
@@ -487,7 +418,7 @@ def gather(
         persistenced=persistenced_facts(sources.proc, sources.systemctl,
                                         sources.systemd_run_dir),
         docker=DockerFacts(available=False, error="not asked"),
-        last_reload=last_systemd_reload(sources.journal_path),
+        last_reload=last_reload(sources.journal_path),
         kernel_module_version=kernel_module_version(sources.proc),
         now=now,
     )
@@ -528,6 +459,7 @@ def gather(
                     given_up_at=_in_force(history.given_up.get(c.name), config, now))
             for c in containers
         )
+        host = replace(host, gpu_last_disabled=history.gpu_last_disabled)
         return Facts(host, containers, history.facts)
     finally:
         if own and gateway is not None:

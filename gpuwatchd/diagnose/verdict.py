@@ -1,8 +1,10 @@
-"""``gpuwatchd diagnose``: the field report's investigation as facts and a verdict.
+"""``gpuwatchd diagnose``: the verdict, a pure function of the facts.
 
-This module is pure: the facts are plain frozen dataclasses (gathered by
-:mod:`gpuwatchd.diagnose.facts`), and :func:`diagnose` turns them into a
-:class:`Diagnosis` without any I/O, so every rule is table-tested.
+:func:`diagnose` turns :class:`~gpuwatchd.diagnose.data.Facts` into a
+:class:`~gpuwatchd.diagnose.data.Diagnosis` without any I/O, so every rule is
+table-tested. A container's cause is the daemon's: :func:`container_evidence`
+builds the cause rule's evidence and :func:`gpuwatchd.core.cause.cause_of`
+decides; the advice comes from :mod:`gpuwatchd.model.advice`.
 
 The vocabulary of a verdict's ``cause``: the :class:`~gpuwatchd.model.vocabulary.Cause`
 values (``persistence_off``, ``device_access_lost``, ``driver_not_loaded``,
@@ -23,15 +25,32 @@ host at risk from ``systemctl daemon-reload``) does not change the status.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any
+from dataclasses import replace
 
-from gpuwatchd.adapters.state_file import HistoryEntry
-from gpuwatchd.compat import StrEnum
-from gpuwatchd.core.device_access import AccessCheck, ReloadExposure, reload_exposure
-from gpuwatchd.exitcodes import ExitCode
-from gpuwatchd.model.vocabulary import Cause, ProbeResult
+from gpuwatchd.core.cause import DeviceAccess, Evidence, cause_of
+from gpuwatchd.core.device_access import ReloadExposure, reload_exposure
+from gpuwatchd.diagnose.data import (
+    ContainerFacts,
+    ContainerReport,
+    Diagnosis,
+    Facts,
+    GpuFact,
+    HostFacts,
+    ProbeFacts,
+    Status,
+    Verdict,
+)
+from gpuwatchd.diagnose.render import when as _when
+from gpuwatchd.model.advice import (
+    DEVICE_ACCESS_PREVENTION,
+    HOST_CAUSE_ADVICE,
+    PERSISTENCE_FIX_FOR_GOOD,
+    PERSISTENCE_FIX_NOW,
+    RELOAD_CAVEAT,
+)
+from gpuwatchd.model.container import AT_RISK_METHODS
+from gpuwatchd.model.state import HistoryEntry
+from gpuwatchd.model.vocabulary import HOST_CAUSES, Cause, Confidence, ProbeResult
 
 #: A matching line counts against the application (``not_gpu``) only when it was
 #: logged this long after the container's last start and after gpuwatchd's last
@@ -42,294 +61,12 @@ START_MARGIN = 2.0
 #: the new StartedAt; a restart recorded this long before the start still made it.
 RESTART_SLACK = 5.0
 
-#: What packaging/systemd ships, and where install.sh puts it.
-DROPIN_SOURCE = "packaging/systemd/nvidia-persistenced.service.d/gpuwatchd-persistence-mode.conf"
-DROPIN_TARGET = "/etc/systemd/system/nvidia-persistenced.service.d/gpuwatchd-persistence-mode.conf"
-ONESHOT_SOURCE = "packaging/systemd/nvidia-persistence-mode.service"
-ONESHOT_TARGET = "/etc/systemd/system/nvidia-persistence-mode.service"
 
-#: NvmlFailure kinds that are a host fault in themselves (the host must be fixed).
-HOST_FAULT_KINDS = {
-    "driver_not_loaded": Cause.DRIVER_NOT_LOADED,
-    "version_mismatch": Cause.VERSION_MISMATCH,
-    "gpu_lost": Cause.GPU_LOST,
-}
-#: How a container got its GPUs; the first three are exposed to daemon-reload
-#: under the systemd cgroup driver, CDI is not.
-GPU_LEGACY_HOOK = "legacy_hook"  #: --gpus / DeviceRequests through the NVIDIA hook
-GPU_NVIDIA_RUNTIME = "nvidia_runtime"  #: --runtime nvidia (or the default runtime)
-GPU_DEVICE = "device"  #: plain --device /dev/nvidia*
-GPU_CDI = "cdi"  #: CDI device names (nvidia.com/gpu=all)
-AT_RISK_METHODS = frozenset({GPU_LEGACY_HOOK, GPU_NVIDIA_RUNTIME, GPU_DEVICE})
-
-
-class Status(StrEnum):
-    """The outcome of one check, and of the whole run."""
-
-    HEALTHY = "healthy"
-    PROBLEM = "problem"
-    CANNOT_CHECK = "cannot_check"
-
-
-# --------------------------------------------------------------------------
-# Facts
-
-
-@dataclass(frozen=True)
-class GpuFact:
-    """One GPU as the host's NVML sees it."""
-
-    index: int
-    uuid: str
-    name: str
-    persistence: bool
-
-
-@dataclass(frozen=True)
-class NvmlFacts:
-    """The host's NVML: versions and GPUs, or why it failed (``failure``)."""
-
-    driver_version: str | None = None
-    gpus: tuple[GpuFact, ...] = ()
-    failure: str | None = None  #: an NvmlFailure kind; None when NVML answered
-    error: str | None = None  #: NVML's message for the failure
-
-
-@dataclass(frozen=True)
-class PersistencedFacts:
-    """``nvidia-persistenced``: the running process and, under systemd, its unit."""
-
-    running: bool = False
-    pid: int | None = None
-    argv: tuple[str, ...] = ()  #: the running process's command line
-    unit_state: str | None = None  #: ActiveState; None without systemd (or no unit)
-    unit_argv: tuple[str, ...] = ()  #: the unit's ExecStart command line
-
-    @property
-    def persistence_flag(self) -> bool | None:
-        """The persistence mode it runs (or will start) with; None when not known.
-
-        ``--no-persistence-mode`` is False; ``--persistence-mode`` or neither
-        (the daemon's default) is True. The running process wins over the unit.
-        """
-        argv = self.argv if self.running else self.unit_argv
-        if not argv:
-            return None
-        return persistence_flag(argv)
-
-
-def persistence_flag(argv: Sequence[str]) -> bool:
-    """Whether an ``nvidia-persistenced`` command line enables persistence mode (last flag wins)."""
-    enabled = True
-    for arg in argv[1:]:
-        if arg == "--no-persistence-mode":
-            enabled = False
-        elif arg == "--persistence-mode":
-            enabled = True
-    return enabled
-
-
-@dataclass(frozen=True)
-class DockerFacts:
-    """The engine's context: None fields when Docker did not answer."""
-
-    available: bool = True
-    error: str | None = None
-    engine: str | None = None  #: "Docker" or "Podman"
-    engine_version: str | None = None
-    cgroup_driver: str | None = None  #: "systemd" or "cgroupfs"
-    cgroup_version: str | None = None  #: "1" or "2"
-    default_runtime: str | None = None
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    """Everything diagnose knows about the host."""
-
-    nvml: NvmlFacts
-    persistenced: PersistencedFacts
-    docker: DockerFacts
-    last_reload: float | None = None  #: epoch seconds of systemd's last daemon-reload
-    kernel_module_version: str | None = None  #: /proc/driver/nvidia/version
-    now: float = 0.0
-
-
-@dataclass(frozen=True)
-class LogFacts:
-    """The container's recent log lines matched against its configured patterns."""
-
-    patterns: tuple[str, ...] = ()
-    scanned: int = 0  #: lines read
-    matches: int = 0  #: matching lines among them
-    matches_since_start: int = 0  #: of which since the container's last start
-    last_line: str | None = None
-    last_at: float | None = None
-    error: str | None = None  #: why the logs could not be read
-    match_times: tuple[float, ...] = ()  #: when each matching line was logged
-
-
-@dataclass(frozen=True)
-class ProbeFacts:
-    """The in-container NVML check, classified as the daemon does."""
-
-    command: tuple[str, ...]
-    result: ProbeResult
-    exit_code: int | None = None
-    output: str = ""  #: one line worth showing
-    driver_version: str | None = None  #: "Driver Version" when the output gives it
-
-
-@dataclass(frozen=True)
-class ContainerFacts:
-    """Everything diagnose knows about one container."""
-
-    name: str
-    id: str
-    status: str
-    started_at: float
-    gpu_methods: tuple[str, ...] = ()  #: GPU_LEGACY_HOOK, GPU_CDI, ...
-    probe: ProbeFacts | None = None  #: None when not running (no probe ran)
-    device_access_ok: bool | None = None  #: the device check's answer; None: cannot tell
-    library_version: str | None = None  #: libnvidia-ml.so.VERSION inside
-    logs: LogFacts = field(default_factory=LogFacts)
-    device_check: AccessCheck | None = None  #: the kernel's answer and why (None: not asked)
-    #: the scope's DeviceAllow= (systemd cgroup driver), None when it could not be read
-    scope_device_allow: str | None = None
-    #: What gpuwatchd did to it, oldest first (see :class:`HistoryFacts`).
-    history: tuple[HistoryEntry, ...] = ()
-    given_up_at: float | None = None  #: when gpuwatchd gave up on it, while it holds
-
-
-@dataclass(frozen=True)
-class HistoryFacts:
-    """Where the daemon's history came from: ``daemon`` (asked on its control
-    socket), ``state file`` (with the journal's records for containers the file
-    has none of), ``journal`` (gpuwatchd's own records, when there is no state
-    file), or ``none``; ``as_of`` is when it was current (the daemon's clock, the
-    file's modification time, or the newest record)."""
-
-    source: str = "none"
-    where: str = ""
-    as_of: float | None = None
-    error: str | None = None  #: why no source could be read
-
-
-@dataclass(frozen=True)
-class Facts:
-    """The whole input of :func:`diagnose`."""
-
-    host: HostFacts
-    containers: tuple[ContainerFacts, ...] = ()
-    history: HistoryFacts = field(default_factory=HistoryFacts)
-
-
-# --------------------------------------------------------------------------
-# The verdict
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The most likely cause in one sentence, its evidence, and the fix."""
-
-    cause: str
-    status: Status
-    summary: str
-    evidence: tuple[str, ...] = ()
-    fix_now: tuple[str, ...] = ()  #: commands that fix it now
-    fix_for_good: tuple[str, ...] = ()  #: commands that keep it fixed
-    advice: tuple[str, ...] = ()  #: prevention, even when healthy
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "cause": self.cause,
-            "status": self.status.value,
-            "summary": self.summary,
-            "evidence": list(self.evidence),
-            "fix_now": list(self.fix_now),
-            "fix_for_good": list(self.fix_for_good),
-            "advice": list(self.advice),
-        }
-
-
-@dataclass(frozen=True)
-class ContainerReport:
-    facts: ContainerFacts
-    verdict: Verdict
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    """The result: host findings, one verdict per container, the overall one."""
-
-    facts: Facts
-    host_findings: tuple[Verdict, ...]
-    containers: tuple[ContainerReport, ...]
-    verdict: Verdict  #: the one that matters most (shown first)
-    status: Status
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return {
-            Status.HEALTHY: ExitCode.OK,
-            Status.PROBLEM: ExitCode.PROBLEM,
-            Status.CANNOT_CHECK: ExitCode.CANNOT_CHECK,
-        }[self.status]
-
-
-def _persistence_fix_for_good() -> tuple[str, ...]:
-    return (
-        f"sudo install -D -m 644 {DROPIN_SOURCE} {DROPIN_TARGET}  # in gpuwatchd's source tree",
-        f"sudo install -m 644 {ONESHOT_SOURCE} {ONESHOT_TARGET}",
-        "sudo systemctl daemon-reload",
-        "sudo systemctl restart nvidia-persistenced",
-        "sudo systemctl enable --now nvidia-persistence-mode.service",
-    )
-
-
-#: Said with the fixes above: they need a daemon-reload, itself a risk on some hosts.
-_RELOAD_CAVEAT = (
-    "`sudo packaging/install.sh --with-host-fixes` installs the same two units; either way "
-    "the daemon-reload can revoke GPU access in running containers under Docker's systemd "
-    "cgroup driver: restart them afterwards"
-)
-
-
-def _device_access_prevention() -> tuple[str, ...]:
-    return (
-        "sudo nvidia-ctk system create-dev-char-symlinks --create-all",
-        "sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml  "
-        "# then run containers with --device nvidia.com/gpu=all (CDI)",
-        '# or give Docker the cgroupfs driver: "exec-opts": ["native.cgroupdriver=cgroupfs"] '
-        "in /etc/docker/daemon.json, then sudo systemctl restart docker",
-    )
-
-
-def _host_fault_fix(cause: Cause) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    if cause is Cause.DRIVER_NOT_LOADED:
-        return ("sudo modprobe nvidia", "sudo reboot  # if modprobe fails"), (
-            "# make sure the NVIDIA kernel module loads at boot (DKMS built for the "
-            "running kernel)",
-        )
-    if cause is Cause.VERSION_MISMATCH:
-        return ("sudo reboot",), ("# reboot after every NVIDIA driver upgrade",)
-    return ("sudo reboot",), (
-        "# check the card's power and seating (nvidia-smi -q; dmesg: Xid 79)",
-    )
-
-
-_HOST_FAULT_SENTENCE = {
-    Cause.DRIVER_NOT_LOADED: "The NVIDIA kernel module is not loaded, so NVML fails everywhere.",
-    Cause.VERSION_MISMATCH: "The NVIDIA driver was upgraded without a reboot: the loaded kernel "
-    "module and the user-space library differ.",
-    Cause.GPU_LOST: "A GPU fell off the bus: NVML reports it lost.",
-}
-
-
-def _when(epoch: float | None) -> str:
-    if not epoch:
-        return "unknown"
-    when = datetime.fromtimestamp(epoch, timezone.utc)
-    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+def _host_verdict(cause: Cause, evidence: tuple[str, ...],
+                  extra_fix: tuple[str, ...] = (), advice: tuple[str, ...] = ()) -> Verdict:
+    a = HOST_CAUSE_ADVICE[cause]
+    return Verdict(cause.value, Status.PROBLEM, a.summary, evidence,
+                   (*a.fix_now, *extra_fix), a.fix_for_good, advice)
 
 
 def _gpu_list(gpus: Sequence[GpuFact]) -> str:
@@ -342,13 +79,9 @@ def host_findings(
     """The host's own problems, risks and gaps, most important first."""
     found: list[Verdict] = []
     nvml = host.nvml
-    if nvml.failure in HOST_FAULT_KINDS:
-        cause = HOST_FAULT_KINDS[nvml.failure]
-        now, good = _host_fault_fix(cause)
-        found.append(Verdict(
-            cause.value, Status.PROBLEM, _HOST_FAULT_SENTENCE[cause],
-            (f"host NVML: {nvml.error or nvml.failure}",), now, good,
-        ))
+    host_cause = HOST_CAUSES.get(nvml.failure or "")
+    if host_cause is not None:
+        found.append(_host_verdict(host_cause, (f"host NVML: {nvml.error or nvml.failure}",)))
     elif nvml.failure is not None:
         found.append(Verdict(
             "nvml_unavailable", Status.CANNOT_CHECK,
@@ -364,8 +97,8 @@ def host_findings(
             f"Persistence mode is off on {_gpu_list(off)}: when the GPU idles, the driver "
             "tears down its state and NVML fails inside running containers (the field report).",
             tuple(f"GPU {g.index} {g.uuid}: persistence mode Disabled" for g in off),
-            ("sudo nvidia-smi -pm 1",),
-            _persistence_fix_for_good(), (_RELOAD_CAVEAT,),
+            (PERSISTENCE_FIX_NOW,),
+            PERSISTENCE_FIX_FOR_GOOD, (RELOAD_CAVEAT,),
         ))
     pd = host.persistenced
     if pd.persistence_flag is False:
@@ -378,8 +111,8 @@ def host_findings(
             "nvidia-persistenced runs with --no-persistence-mode: it keeps persistence mode "
             "off, the field report's culprit, even if it is on right now.",
             (f"nvidia-persistenced {where}",),
-            ("sudo nvidia-smi -pm 1",),
-            _persistence_fix_for_good(), (_RELOAD_CAVEAT,),
+            (PERSISTENCE_FIX_NOW,),
+            PERSISTENCE_FIX_FOR_GOOD, (RELOAD_CAVEAT,),
         ))
     docker = host.docker
     if not docker.available:
@@ -407,7 +140,7 @@ def host_findings(
                   for c in containers if c.name in doomed),
                 f"last systemd reload: {_when(host.last_reload)}",
             ),
-            advice=_device_access_prevention(),
+            advice=DEVICE_ACCESS_PREVENTION,
         ))
     elif docker.cgroup_driver == "systemd" and exposed:
         found.append(Verdict(
@@ -420,7 +153,7 @@ def host_findings(
                 f"exposed: {', '.join(exposed)}",
                 f"last systemd reload: {_when(host.last_reload)}",
             ),
-            advice=_device_access_prevention(),
+            advice=DEVICE_ACCESS_PREVENTION,
         ))
     return tuple(found)
 
@@ -454,6 +187,9 @@ def _history_evidence(c: ContainerFacts) -> list[str]:
 
 def _context_evidence(host: HostFacts, c: ContainerFacts) -> list[str]:
     out = _history_evidence(c)
+    out += [f"gpuwatchd saw persistence mode off on {uuid} at {_when(at)}, after the "
+            f"container started ({_when(c.started_at)})"
+            for uuid, at in _off_since(host, c).items()]
     if c.device_check is not None and c.device_check.ok is not None:
         state = "still allowed" if c.device_check.ok else "access revoked"
         out.append(f"device access: /dev/nvidiactl {state}: {c.device_check.reason}")
@@ -530,12 +266,38 @@ def _healed(host: HostFacts, c: ContainerFacts, restart: HistoryEntry,
             summary += f"; persistence mode is off again on {_gpu_list(off)}"
         elif host.nvml.gpus:
             summary += "; persistence mode is on"
-        good, extra = _persistence_fix_for_good(), (_RELOAD_CAVEAT,)
+        good, extra = PERSISTENCE_FIX_FOR_GOOD, (RELOAD_CAVEAT,)
     elif restart.cause == Cause.DEVICE_ACCESS_LOST.value:
-        good = _device_access_prevention()
+        good = DEVICE_ACCESS_PREVENTION
     summary += ". The cause stays on the host until it is fixed for good." if good else "."
     return Verdict("healed", Status.HEALTHY, summary, evidence, (), good,
                    tuple(dict.fromkeys((*extra, *advice))))
+
+
+def container_evidence(host: HostFacts, c: ContainerFacts) -> Evidence:
+    """The cause rule's evidence for container ``c`` (see :class:`~gpuwatchd.core.cause.Evidence`).
+
+    GPUs off since the start come from the daemon's record of when each GPU was
+    last seen with persistence mode off (``host.gpu_last_disabled``); GPUs off
+    now from the host's NVML.
+    """
+    nvml = host.nvml
+    known = nvml.failure is None and bool(nvml.gpus)
+    return Evidence(
+        host_nvml=nvml.failure,
+        probe=c.probe.result if c.probe is not None else None,
+        device_access=DeviceAccess.of(c.device_access_ok),
+        off_since_start=None if host.gpu_last_disabled is None else bool(_off_since(host, c)),
+        off_now=any(not g.persistence for g in nvml.gpus) if known else None,
+        reload_since_start=host.last_reload is not None and host.last_reload >= c.started_at,
+        at_risk=_exposure(host, c) is not ReloadExposure.NOT_EXPOSED,
+    )
+
+
+def _off_since(host: HostFacts, c: ContainerFacts) -> dict[str, float]:
+    """GPU UUID -> when the daemon last saw it off, for those seen off since c started."""
+    seen = host.gpu_last_disabled or {}
+    return {uuid: at for uuid, at in sorted(seen.items()) if at >= c.started_at}
 
 
 def _judge(host: HostFacts, c: ContainerFacts) -> Verdict:
@@ -546,16 +308,13 @@ def _judge(host: HostFacts, c: ContainerFacts) -> Verdict:
     ev = tuple(evidence)
     restart = f"docker restart {c.name}"
     nvml = host.nvml
-    off = [g for g in nvml.gpus if not g.persistence]
-    at_risk = _exposure(host, c) is not ReloadExposure.NOT_EXPOSED
-    advice = _device_access_prevention() if at_risk else ()
+    e = container_evidence(host, c)
+    advice = DEVICE_ACCESS_PREVENTION if e.at_risk else ()
+    cause, confidence = cause_of(e)
 
-    if nvml.failure in HOST_FAULT_KINDS:
-        cause = HOST_FAULT_KINDS[nvml.failure]
-        now, good = _host_fault_fix(cause)
-        return Verdict(cause.value, Status.PROBLEM, _HOST_FAULT_SENTENCE[cause],
-                       (f"host NVML: {nvml.error or nvml.failure}", *ev),
-                       (*now, restart), good, advice)
+    if not cause.restart_cures:
+        return _host_verdict(cause, (f"host NVML: {nvml.error or nvml.failure}", *ev),
+                             (restart,), advice)
     if c.status != "running" or c.probe is None or c.probe.result is ProbeResult.NOT_RUNNING:
         return Verdict("not_running", Status.CANNOT_CHECK,
                        f"{c.name} is {c.status}: NVML inside cannot be checked.", ev,
@@ -580,7 +339,7 @@ def _judge(host: HostFacts, c: ContainerFacts) -> Verdict:
                        advice=advice)
 
     if result is ProbeResult.PROBE_UNAVAILABLE:
-        if c.device_access_ok is False:
+        if e.device_access is DeviceAccess.LOST:
             return _device_lost(c, ev, certain=True)
         return Verdict(
             "probe_unavailable", Status.CANNOT_CHECK,
@@ -599,43 +358,42 @@ def _judge(host: HostFacts, c: ContainerFacts) -> Verdict:
             ev, (restart,), advice=advice,
         )
 
-    # The probe proves NVML fails inside while the host's NVML works (or is unknown).
-    if result in (ProbeResult.VERSION_MISMATCH, ProbeResult.DRIVER_NOT_LOADED,
-                  ProbeResult.GPU_LOST):
-        cause = {
-            ProbeResult.VERSION_MISMATCH: Cause.VERSION_MISMATCH,
-            ProbeResult.DRIVER_NOT_LOADED: Cause.DRIVER_NOT_LOADED,
-            ProbeResult.GPU_LOST: Cause.GPU_LOST,
-        }[result]
-        if cause is Cause.DRIVER_NOT_LOADED and c.device_access_ok is False:
-            return _device_lost(c, ev, certain=True)
-        now, good = _host_fault_fix(cause)
+    # NVML fails inside: the cause rule decides, as the daemon's does.
+    if cause is Cause.DEVICE_ACCESS_LOST:
+        return _device_lost(c, ev, certain=confidence is Confidence.CERTAIN)
+    if cause is Cause.PERSISTENCE_OFF:
+        return _persistence_off(host, c, ev, advice)
+    if result is not ProbeResult.NVML_UNKNOWN_ERROR:
         return Verdict(
-            cause.value, Status.PROBLEM,
+            Cause.UNKNOWN.value, Status.PROBLEM,
             f"NVML inside {c.name} reports {result.value} while the host's NVML answers: the "
-            "container sees a different driver than the host runs.",
-            ev, (restart, *now), good, advice,
+            "container's view of the driver is stale or differs from the host's (its library "
+            "or device state); a restart gives it the host's again.",
+            ev, (restart,), advice=advice,
         )
-
-    # NVML_UNKNOWN_ERROR: the field report's symptom. Direct evidence first.
-    if c.device_access_ok is False:
-        return _device_lost(c, ev, certain=True)
-    if off:
-        return Verdict(
-            Cause.PERSISTENCE_OFF.value, Status.PROBLEM,
-            f"NVML fails inside {c.name} because persistence mode is off on {_gpu_list(off)}: "
-            "the driver idled and tore down the state the container was started with "
-            "(the field report's cause).",
-            ev, ("sudo nvidia-smi -pm 1", restart),
-            _persistence_fix_for_good(), (_RELOAD_CAVEAT, *advice),
-        )
-    reloaded = host.last_reload is not None and host.last_reload >= c.started_at
-    if c.device_access_ok is None and (reloaded or at_risk):
-        return _device_lost(c, ev, certain=False)
     return Verdict(
         Cause.UNKNOWN.value, Status.PROBLEM,
         f"NVML fails inside {c.name} and the evidence names no cause; a restart usually "
         "brings it back.", ev, (restart,), advice=advice,
+    )
+
+
+def _persistence_off(host: HostFacts, c: ContainerFacts, evidence: tuple[str, ...],
+                     advice: tuple[str, ...]) -> Verdict:
+    off = [g for g in host.nvml.gpus if not g.persistence]
+    if off:
+        where = f"persistence mode is off on {_gpu_list(off)}"
+    else:
+        seen = _off_since(host, c)
+        names = {g.uuid: f"GPU {g.index} ({g.name})" for g in host.nvml.gpus}
+        where = ("persistence mode was off on "
+                 f"{', '.join(names.get(u, u) for u in seen)} after it started")
+    return Verdict(
+        Cause.PERSISTENCE_OFF.value, Status.PROBLEM,
+        f"NVML fails inside {c.name} because {where}: the driver idled and tore down the "
+        "state the container was started with (the field report's cause).",
+        evidence, (PERSISTENCE_FIX_NOW, f"docker restart {c.name}"),
+        PERSISTENCE_FIX_FOR_GOOD, (RELOAD_CAVEAT, *advice),
     )
 
 
@@ -647,7 +405,7 @@ def _device_lost(c: ContainerFacts, evidence: tuple[str, ...], *, certain: bool)
     return Verdict(
         Cause.DEVICE_ACCESS_LOST.value, Status.PROBLEM,
         f"NVML fails inside {c.name} because {how}; a restart restores it.",
-        evidence, (f"docker restart {c.name}",), _device_access_prevention(),
+        evidence, (f"docker restart {c.name}",), DEVICE_ACCESS_PREVENTION,
     )
 
 
@@ -672,190 +430,3 @@ def diagnose(facts: Facts) -> Diagnosis:
     return Diagnosis(facts, findings, reports, top, status)
 
 
-# --------------------------------------------------------------------------
-# Output
-
-
-def _json_time(epoch: float | None) -> str | None:
-    return _when(epoch) if epoch else None
-
-
-def to_json(d: Diagnosis) -> dict[str, Any]:
-    """The diagnosis as one JSON-ready document (times in ISO 8601 UTC)."""
-    host = d.facts.host
-    return {
-        "status": d.status.value,
-        "exit_status": int(d.exit_code),
-        "verdict": d.verdict.to_json(),
-        "host": {
-            "driver_version": host.nvml.driver_version,
-            "kernel_module_version": host.kernel_module_version,
-            "nvml_failure": host.nvml.failure,
-            "nvml_error": host.nvml.error,
-            "gpus": [{"index": g.index, "uuid": g.uuid, "name": g.name,
-                      "persistence": g.persistence} for g in host.nvml.gpus],
-            "persistenced": {
-                "running": host.persistenced.running,
-                "pid": host.persistenced.pid,
-                "argv": list(host.persistenced.argv),
-                "unit_state": host.persistenced.unit_state,
-                "unit_argv": list(host.persistenced.unit_argv),
-                "persistence_mode": host.persistenced.persistence_flag,
-            },
-            "docker": {
-                "available": host.docker.available,
-                "error": host.docker.error,
-                "engine": host.docker.engine,
-                "engine_version": host.docker.engine_version,
-                "cgroup_driver": host.docker.cgroup_driver,
-                "cgroup_version": host.docker.cgroup_version,
-                "default_runtime": host.docker.default_runtime,
-            },
-            "last_systemd_reload": _json_time(host.last_reload),
-            "findings": [f.to_json() for f in d.host_findings],
-        },
-        "history": {
-            "source": d.facts.history.source,
-            "where": d.facts.history.where or None,
-            "as_of": _json_time(d.facts.history.as_of),
-            "error": d.facts.history.error,
-        },
-        "containers": [_container_json(r) for r in d.containers],
-    }
-
-
-def _container_json(r: ContainerReport) -> dict[str, Any]:
-    c = r.facts
-    probe = c.probe
-    return {
-        "name": c.name,
-        "id": c.id[:12],
-        "status": c.status,
-        "started_at": _json_time(c.started_at),
-        "verdict": r.verdict.to_json(),
-        "gpu_methods": list(c.gpu_methods),
-        "probe": None if probe is None else {
-            "command": list(probe.command),
-            "result": probe.result.value,
-            "exit_code": probe.exit_code,
-            "output": probe.output,
-        },
-        "device_access_ok": c.device_access_ok,
-        "device_check": None if c.device_check is None else {
-            "access": c.device_check.access.value, "reason": c.device_check.reason,
-        },
-        "scope_device_allow": c.scope_device_allow,
-        "library_version": c.library_version,
-        "logs": {
-            "patterns": list(c.logs.patterns),
-            "scanned": c.logs.scanned,
-            "matches": c.logs.matches,
-            "matches_since_start": c.logs.matches_since_start,
-            "last_line": c.logs.last_line,
-            "last_at": _json_time(c.logs.last_at),
-            "error": c.logs.error,
-        },
-        "history": [{**e.to_json(), "at": _json_time(e.at)} for e in c.history],
-        "given_up_at": _json_time(c.given_up_at),
-    }
-
-
-def history_source(h: HistoryFacts, now: float) -> str:
-    """Where the daemon's history came from, and how old it is, in words."""
-    if h.source == "daemon":
-        return f"from the running daemon (control socket in {h.where})"
-    if h.source == "journal" and h.as_of is not None:
-        newest = _age(max(0.0, now - h.as_of))
-        return (f"from gpuwatchd's records in the journal, the newest {newest} old "
-                "(no daemon answered, no state file)")
-    if h.source == "state file" and h.as_of is not None:
-        age = max(0.0, now - h.as_of)
-        return f"from the state file {h.where}, written {_age(age)} ago (no daemon answered)"
-    return f"none ({h.error or 'not read'})"
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-_HEADLINE = {
-    Status.HEALTHY: "healthy",
-    Status.PROBLEM: "problem found",
-    Status.CANNOT_CHECK: "could not check everything",
-}
-
-
-def _verdict_lines(v: Verdict, indent: str, *, summary: bool = True,
-                   fixes: bool = True) -> list[str]:
-    out = [f"{indent}{v.summary}"] if summary else []
-    sections = [("evidence", v.evidence)]
-    if fixes:
-        sections += [("fix now", v.fix_now), ("fix for good", v.fix_for_good)]
-    sections.append(("advice", v.advice))
-    for title, items in sections:
-        if items:
-            out.append(f"{indent}{title}:")
-            mark = "- " if title == "evidence" else "$ " if title.startswith("fix") else "* "
-            out += [f"{indent}  {mark}{item}" for item in items]
-    return out
-
-
-def render_text(d: Diagnosis) -> str:
-    """The diagnosis for people: the verdict first, then a section per container and the host.
-
-    A summary or a set of fixes already printed is not printed again.
-    """
-    top = d.verdict
-    out = [f"gpuwatchd diagnose: {_HEADLINE[d.status]} (exit {int(d.exit_code)})",
-           f"verdict: {top.cause}: {top.summary}"]
-    shown_fixes = set()
-    for r in d.containers:
-        c, v = r.facts, r.verdict
-        out += ["", f"== {c.name} ({c.id[:12]}, {c.status}): {v.cause}"]
-        out += _verdict_lines(v, "  ", summary=v.summary != top.summary)
-        shown_fixes.add((v.fix_now, v.fix_for_good))
-        methods = ", ".join(c.gpu_methods) or "none seen"
-        out.append(f"  GPUs given by: {methods}; started {_when(c.started_at)}")
-    host = d.facts.host
-    out += ["", "== host"]
-    nvml = host.nvml
-    if nvml.failure:
-        out.append(f"  NVML: {nvml.failure} ({nvml.error or 'no message'})")
-    else:
-        out.append(f"  driver {nvml.driver_version or 'unknown'}")
-        for g in nvml.gpus:
-            mode = "Enabled" if g.persistence else "Disabled"
-            out.append(f"  GPU {g.index} {g.name} {g.uuid}: persistence mode {mode}")
-    pd = host.persistenced
-    if pd.running:
-        out.append(f"  nvidia-persistenced: running (PID {pd.pid}): {' '.join(pd.argv)}")
-    elif pd.unit_state is not None:
-        unit = " ".join(pd.unit_argv) or "no ExecStart"
-        out.append(f"  nvidia-persistenced: not running; unit {pd.unit_state}: {unit}")
-    else:
-        out.append("  nvidia-persistenced: not running")
-    dk = host.docker
-    if dk.available:
-        out.append(f"  engine: {dk.engine or '?'} {dk.engine_version or '?'}, "
-                   f"cgroup driver {dk.cgroup_driver}, cgroup v{dk.cgroup_version}")
-        if not d.containers:
-            out.append("  no container to examine (none named, none watched: see [watch])")
-    else:
-        out.append(f"  docker: unavailable ({dk.error})")
-    out.append(f"  last systemd reload: {_when(host.last_reload)}")
-    out.append(f"  gpuwatchd history: {history_source(d.facts.history, host.now)}")
-    for f in d.host_findings:
-        out.append(f"  -- {f.cause} ({f.status.value})")
-        seen = (f.fix_now, f.fix_for_good) in shown_fixes or (
-            # The same fix for good, printed above with a container's fix now.
-            bool(f.fix_for_good) and any(f.fix_for_good == good for _, good in shown_fixes)
-        )
-        out += _verdict_lines(f, "     ", summary=f.summary != top.summary, fixes=not seen)
-        if seen:
-            out.append("     fix: as above")
-        shown_fixes.add((f.fix_now, f.fix_for_good))
-    return "\n".join(out) + "\n"

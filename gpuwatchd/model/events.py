@@ -36,10 +36,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from gpuwatchd.adapters.state_file import PersistedState
 from gpuwatchd.compat import StrEnum
 from gpuwatchd.config import Config
 from gpuwatchd.model.records import Record
+from gpuwatchd.model.state import PersistedState
 from gpuwatchd.model.vocabulary import ProbeResult
 
 # -- shared value types ---------------------------------------------------------------

@@ -30,6 +30,11 @@ from types import MappingProxyType
 
 from gpuwatchd.compat import StrEnum
 
+# The advice records carry lives in one table; these names stay importable here.
+from gpuwatchd.model.advice import ADVICE as ADVICE
+from gpuwatchd.model.advice import NOTIFY_ADVICE as NOTIFY_ADVICE
+from gpuwatchd.model.advice import RELOAD_ADVICE as RELOAD_ADVICE
+
 #: The values a record field may hold: all of them map directly to JSON.
 FieldValue = str | int | float | bool | tuple[str, ...] | None
 
@@ -434,41 +439,6 @@ CATALOGUE: Mapping[str, EventSpec] = MappingProxyType({s.name: s for s in _ENTRI
 MESSAGE_IDS: Mapping[str, str] = MappingProxyType(
     {s.name: s.message_id for s in _ENTRIES if s.message_id is not None}
 )
-
-#: What keeps a daemon-reload from revoking a container's GPU access.
-RELOAD_ADVICE = (
-    "give the container its GPUs through CDI (--device nvidia.com/gpu=all), or run "
-    "`nvidia-ctk system create-dev-char-symlinks --create-all`, or switch Docker to the "
-    "cgroupfs driver; until then a restart after each reload restores access"
-)
-
-#: Where a host cause cannot be cured by a container restart: what to do instead.
-ADVICE: Mapping[str, str] = MappingProxyType(
-    {
-        "version_mismatch": "The NVIDIA driver was upgraded without a reboot: reboot the host.",
-        "gpu_lost": "The GPU fell off the bus: reboot the host and check the card's power "
-        "and seating.",
-        "driver_not_loaded": "The NVIDIA kernel module is not loaded: reload it "
-        "(modprobe nvidia) or reboot the host.",
-    }
-)
-
-
-#: What to do about a fault in a container whose action is "notify" (by cause;
-#: ``{container}`` is filled in). Each restarts the container only when its job allows.
-NOTIFY_ADVICE: Mapping[str, str] = MappingProxyType(
-    {
-        "persistence_off": "Persistence mode was off and the driver idled; it is on again "
-        "now (enforce_persistence). Restart {container} when its job allows: "
-        "docker restart {container}.",
-        "device_access_lost": "A systemd daemon-reload revoked the container's GPU access; "
-        "running processes keep working, new ones fail. Restart {container} when its job "
-        "allows: docker restart {container}.",
-        "unknown": "NVML fails inside {container}. Restart it when its job allows: "
-        "docker restart {container}; `gpuwatchd diagnose {container}` names the cause.",
-    }
-)
-
 
 @dataclass(frozen=True)
 class Record:

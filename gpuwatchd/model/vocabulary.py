@@ -4,6 +4,9 @@ These names are part of the public record catalogue (the ``result`` and
 ``cause`` fields), so they never change meaning.
 """
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from gpuwatchd.compat import StrEnum
 
 #: Labels of containers an orchestrator owns: gpuwatchd never restarts them itself.
@@ -51,10 +54,16 @@ class Cause(StrEnum):
     @property
     def restart_cures(self) -> bool:
         """False for causes no container restart can cure (the host must be fixed)."""
-        return self not in _HOST_CAUSES
+        return self not in HOST_CAUSES.values()
 
 
-_HOST_CAUSES = frozenset({Cause.VERSION_MISMATCH, Cause.GPU_LOST, Cause.DRIVER_NOT_LOADED})
+#: The host causes, by the host NVML failure that proves each (an ``NvmlFailure``
+#: value). The one table of them: a container restart cures none.
+HOST_CAUSES: Mapping[str, Cause] = MappingProxyType({
+    "version_mismatch": Cause.VERSION_MISMATCH,
+    "gpu_lost": Cause.GPU_LOST,
+    "driver_not_loaded": Cause.DRIVER_NOT_LOADED,
+})
 
 
 class Confidence(StrEnum):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuwatchd.config import MAX_DURATION
+from gpuwatchd.core.watchset import UnknownTarget
 
 SOCKET_NAME = "control.sock"
 #: A request larger than this is refused: the channel carries commands, not data.
@@ -148,7 +149,7 @@ class ControlServer:
                 line = await asyncio.wait_for(reader.readline(), timeout=5.0)
                 request = parse_request(line)
                 answer: dict[str, Any] = {"ok": True, "result": await self._handler(request)}
-            except ControlError as exc:
+            except (ControlError, UnknownTarget) as exc:
                 answer = {"ok": False, "error": str(exc)}
             except ValueError as exc:
                 text = str(exc)

@@ -24,8 +24,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-#: PID 1's messages that start a reload (252: "Reloading."; 253+: "Reloading...").
-RELOAD_MESSAGES = frozenset({"Reloading.", "Reloading...", "Reexecuting.", "Reexecuting..."})
+from gpuwatchd.adapters.journal_query import RELOAD_MESSAGES, reload_reader
 
 
 class ReloadWatchUnavailable(Exception):
@@ -57,21 +56,9 @@ class ReloadWatcher:
         if self._reader is not None:
             return
         try:
-            from systemd import journal
+            reader, _ = reload_reader(self._path)
         except ImportError as exc:
             raise ReloadWatchUnavailable(f"systemd-python is not installed: {exc}") from exc
-        try:
-            if self._path is not None:
-                reader = journal.Reader(path=self._path)
-            else:
-                reader = journal.Reader(flags=journal.SYSTEM_ONLY | journal.LOCAL_ONLY)
-            # Fields AND, values of one field OR: _PID=1 and one of the messages.
-            reader.add_match(_PID="1")
-            for message in sorted(RELOAD_MESSAGES):
-                reader.add_match(MESSAGE=message)
-            reader.seek_tail()
-            # Position on the last existing entry, so get_next() returns only new ones.
-            reader.get_previous()
         except OSError as exc:
             raise ReloadWatchUnavailable(f"cannot read the journal: {exc}") from exc
         self._reader = reader

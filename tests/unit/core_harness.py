@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gpuwatchd.adapters.state_file import PersistedState
 from gpuwatchd.config import (
     Config,
     ContainerOverride,
@@ -35,6 +34,7 @@ from gpuwatchd.model.events import (
     SetPersistence,
 )
 from gpuwatchd.model.records import Record
+from gpuwatchd.model.state import PersistedState
 from gpuwatchd.model.vocabulary import ProbeResult
 
 T0 = 1_767_139_200.0  #: 2025-12-31, the field report's day

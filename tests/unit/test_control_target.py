@@ -8,8 +8,7 @@ from types import MappingProxyType
 import pytest
 
 from gpuwatchd.config import Config, ContainerOverride, WatchConfig
-from gpuwatchd.core.watchset import control_target
-from gpuwatchd.observers.control import ControlError
+from gpuwatchd.core.watchset import UnknownTarget, control_target
 
 ID = "3f2a9c1b7d4e" + "0" * 52
 OTHER_ID = "9d8c7b6a5f4e" + "1" * 52
@@ -46,7 +45,7 @@ def test_watched_or_configured_names_are_taken(name: str | None, expected: str |
      "gpuwatchd.watch=true", "gpuwatchd.watch"],
 )
 def test_other_names_are_refused_with_one_line(name: str) -> None:
-    with pytest.raises(ControlError) as refused:
+    with pytest.raises(UnknownTarget) as refused:
         control_target(name, WATCHED, CONFIG)
     assert str(refused.value) == f"no watched or configured container named {name!r}"
 
@@ -54,13 +53,13 @@ def test_other_names_are_refused_with_one_line(name: str) -> None:
 def test_a_name_with_a_pause_in_force_may_be_resumed() -> None:
     """A pause kept for a container that has since left the config can still be lifted."""
     assert control_target("Gone", WATCHED, CONFIG, paused=("Gone",)) == "Gone"
-    with pytest.raises(ControlError):
+    with pytest.raises(UnknownTarget):
         control_target("Gone", WATCHED, CONFIG)
 
 
 def test_the_refusal_stays_one_short_line() -> None:
     for name in ("a\nb\u2028c", "x" * 10_000):
-        with pytest.raises(ControlError) as refused:
+        with pytest.raises(UnknownTarget) as refused:
             control_target(name, WATCHED, CONFIG)
         text = str(refused.value)
         assert len(text.splitlines()) == 1

@@ -190,7 +190,7 @@ def test_no_known_image_keeps_the_global_settings() -> None:
 
 def _doc() -> dict[str, object]:
     from gpuwatchd import __version__
-    from gpuwatchd.core.machine import ContainerView, CoreView
+    from gpuwatchd.core.views import ContainerView, CoreView
 
     view = CoreView(
         dry_run=False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gpuwatchd.core.machine import CONFIRM_MIN_INTERVAL
@@ -134,8 +134,22 @@ def run(h: Harness, script: list[tuple[str, object]]) -> list[RestartContainer]:
 CFG = make_config(max_restarts=2, window=1000.0, cooldown=100.0, verify_timeout=30.0)
 
 
+#: A restart presumed lost, then a NOT_RUNNING answer for it while the next
+#: remediation waits for persistence: the set's own deadline must not restart
+#: the stopped container.
+LATE_NOT_RUNNING = [
+    ("fault", KONOMI),
+    ("advance", 180.0),
+    ("gpus", False),
+    ("fault", KONOMI),
+    ("restart_done", RestartOutcome.NOT_RUNNING),
+    ("advance", 70.0),
+]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops)
+@example(LATE_NOT_RUNNING)
 def test_never_loops(script: list[tuple[str, object]]) -> None:
     """For any event sequence: ≤ max_restarts per window per container, cooldown apart,
     and only ever for a running container."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from gpuwatchd.adapters.state_file import PersistedState
 from gpuwatchd.config import Config, RemediationConfig
 from gpuwatchd.core.machine import Phase
 from gpuwatchd.model.events import (
@@ -28,6 +27,7 @@ from gpuwatchd.model.events import (
     SetPersistence,
     SystemdReloaded,
 )
+from gpuwatchd.model.state import PersistedState
 from gpuwatchd.model.vocabulary import ProbeResult
 
 from .core_harness import (

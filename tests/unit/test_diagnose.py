@@ -9,11 +9,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from gpuwatchd.core.device_access import Access, AccessCheck, verdict_for_open
-from gpuwatchd.diagnose.verdict import (
-    GPU_CDI,
-    GPU_DEVICE,
-    GPU_LEGACY_HOOK,
-    GPU_NVIDIA_RUNTIME,
+from gpuwatchd.diagnose.data import (
     ContainerFacts,
     DockerFacts,
     Facts,
@@ -24,12 +20,22 @@ from gpuwatchd.diagnose.verdict import (
     PersistencedFacts,
     ProbeFacts,
     Status,
-    diagnose,
     persistence_flag,
+)
+from gpuwatchd.diagnose.render import (
     render_text,
     to_json,
 )
+from gpuwatchd.diagnose.verdict import (
+    diagnose,
+)
 from gpuwatchd.exitcodes import ExitCode
+from gpuwatchd.model.container import (
+    GPU_CDI,
+    GPU_DEVICE,
+    GPU_LEGACY_HOOK,
+    GPU_NVIDIA_RUNTIME,
+)
 from gpuwatchd.model.vocabulary import ProbeResult
 
 STARTED = 1_000_000.0
@@ -119,9 +125,11 @@ CASES = [
          findings=("persistence_off",)),
     Case("cgroup v2 (no evidence) after a reload", host(reload=STARTED + 10),
          container(UNKNOWN, access=None), "device_access_lost", ExitCode.PROBLEM),
-    Case("cgroup v2, systemd driver, legacy hook", host(cgroup_driver="systemd"),
+    Case("cgroup v2, systemd driver, legacy hook, no reload seen: a risk, not the cause",
+         host(cgroup_driver="systemd"),
          container(UNKNOWN, access=None, methods=(GPU_LEGACY_HOOK,)),
-         "device_access_lost", ExitCode.PROBLEM, findings=("reload_risk",)),
+         "unknown", ExitCode.PROBLEM, findings=("reload_risk",),
+         fix_now=(f"docker restart {NAME}",), advice_has="create-dev-char-symlinks"),
     Case("a reload before the container started proves nothing", host(reload=STARTED - 10),
          container(UNKNOWN, access=None), "unknown", ExitCode.PROBLEM,
          fix_now=(f"docker restart {NAME}",)),
@@ -133,8 +141,9 @@ CASES = [
          findings=("version_mismatch",), fix_now=("sudo reboot", f"docker restart {NAME}")),
     Case("GPU lost (host NVML)", host(failure="gpu_lost"), container(ProbeResult.GPU_LOST),
          "gpu_lost", ExitCode.PROBLEM, findings=("gpu_lost",)),
-    Case("mismatch inside only: the container's library differs", host(),
-         container(ProbeResult.VERSION_MISMATCH), "version_mismatch", ExitCode.PROBLEM),
+    Case("mismatch inside only: the container's view is stale, a restart cures it", host(),
+         container(ProbeResult.VERSION_MISMATCH), "unknown", ExitCode.PROBLEM,
+         fix_now=(f"docker restart {NAME}",)),
     Case("driver not loaded inside with the device revoked", host(),
          container(ProbeResult.DRIVER_NOT_LOADED, access=False), "device_access_lost",
          ExitCode.PROBLEM),

@@ -10,16 +10,21 @@ from typing import Any
 
 import pytest
 
+from gpuwatchd.adapters.docker_engine import container_info, gpu_methods
 from gpuwatchd.diagnose.facts import (
     find_process,
-    gpu_methods,
     kernel_module_version,
     library_version,
     parse_exec_start,
     persistenced_facts,
     scan_logs,
 )
-from gpuwatchd.diagnose.verdict import GPU_CDI, GPU_DEVICE, GPU_LEGACY_HOOK, GPU_NVIDIA_RUNTIME
+from gpuwatchd.model.container import (
+    GPU_CDI,
+    GPU_DEVICE,
+    GPU_LEGACY_HOOK,
+    GPU_NVIDIA_RUNTIME,
+)
 from gpuwatchd.patterns import LogPattern
 
 EXEC_START = (
@@ -159,8 +164,11 @@ def attrs(host: dict[str, Any], env: list[str] | None = None) -> dict[str, Any]:
 ])
 def test_gpu_methods(inspect: dict[str, Any], default_runtime: str | None,
                      expected: tuple[str, ...]) -> None:
-    """How a container got its GPUs, from its inspect data."""
+    """How a container got its GPUs, from its inspect data; the daemon's reading of
+    the same data expects an NVIDIA device exactly when a method names one."""
     assert gpu_methods(inspect, default_runtime) == expected
+    info = container_info({"Id": "f" * 64, **inspect})
+    assert info.expects_nvidia_device is bool(gpu_methods(inspect))
 
 
 def test_scan_logs_counts_matches_and_the_last_one() -> None:

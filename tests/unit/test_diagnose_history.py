@@ -8,17 +8,21 @@ from dataclasses import replace
 import pytest
 
 from gpuwatchd.adapters.state_file import HistoryEntry
-from gpuwatchd.diagnose.verdict import (
+from gpuwatchd.diagnose.data import (
     ContainerFacts,
     Facts,
     HistoryFacts,
     LogFacts,
     Status,
-    container_verdict,
-    diagnose,
+)
+from gpuwatchd.diagnose.render import (
     history_source,
     render_text,
     to_json,
+)
+from gpuwatchd.diagnose.verdict import (
+    container_verdict,
+    diagnose,
 )
 from gpuwatchd.exitcodes import ExitCode
 from gpuwatchd.model.vocabulary import ProbeResult

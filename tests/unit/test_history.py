@@ -10,6 +10,7 @@ import pytest
 
 from gpuwatchd.adapters.state_file import (
     MAX_HISTORY,
+    MAX_HISTORY_CONTAINERS,
     STATE_VERSION,
     HistoryEntry,
     PersistedState,
@@ -136,3 +137,23 @@ def test_other_containers_history_is_untouched() -> None:
     assert h.saved().history[other.name] == (HistoryEntry(T0 - 50, "restarted", "unknown",
                                                           "unknown"),)
     assert history_of(h) == [("restarted", "device_access_lost", "certain")]
+
+
+def test_history_keeps_the_most_recently_touched_containers() -> None:
+    """At most MAX_HISTORY_CONTAINERS containers have history: a new entry drops the
+    container touched longest ago, and a state document holding more keeps the newest."""
+    old = {f"c{i:03d}": (HistoryEntry(T0 - 10_000 + i, "restarted", "unknown"),)
+           for i in range(MAX_HISTORY_CONTAINERS)}
+    h = Harness(state=PersistedState(history=old))
+    h.gpus(GPU0)
+    h.watch()
+    h.fault()
+    h.finish_restart()
+    kept = h.saved().history
+    assert len(kept) == MAX_HISTORY_CONTAINERS
+    assert "KonomiTV" in kept and "c000" not in kept and "c001" in kept
+
+    doc = PersistedState(history={**old, "late": (HistoryEntry(T0, "gave_up", "unknown"),)})
+    parsed = PersistedState.from_json(doc.to_json()).history
+    assert len(parsed) == MAX_HISTORY_CONTAINERS
+    assert "late" in parsed and "c000" not in parsed

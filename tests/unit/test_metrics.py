@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatchd import __version__
-from gpuwatchd.core.machine import ContainerView, CoreView, GpuView
+from gpuwatchd.core.views import ContainerView, CoreView, GpuView
 from gpuwatchd.model.events import ContainerState
 from gpuwatchd.model.records import make_record
 from gpuwatchd.model.vocabulary import Cause, ProbeResult

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gpuwatchd.core.machine import ContainerView, CoreView, GpuView, Phase
+from gpuwatchd.core.base import Phase
+from gpuwatchd.core.views import ContainerView, CoreView, GpuView
 from gpuwatchd.model.events import ContainerState
 from gpuwatchd.model.vocabulary import Cause, ProbeResult
 from gpuwatchd.status_view import degraded, format_age, format_until, format_when, render_status
