@@ -71,7 +71,7 @@ def cause_of(e: Evidence) -> tuple[Cause, Confidence | None]:
        ``device_access_lost``, probable.
     5. Otherwise ``unknown``.
 
-    Three choices the daemon and ``diagnose`` once made apart:
+    Three choices, each pinned by a row of ``tests/unit/test_cause_cases.py``:
 
     - *Persistence off since the start, not only now.* The fault is made when
       the driver idles while the container is up; persistence mode turned
