@@ -15,6 +15,7 @@ line it writes after the start is missed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -43,10 +44,14 @@ from gpuwatchd.runtime import (
     DockerEventSeen,
     DockerStatus,
     FollowerEnded,
+    Resync,
     Runtime,
     container_ref,
     container_state,
 )
+
+#: After an inspect that failed (the engine erred or timed out), a resync this much later.
+RETRY_RESYNC_AFTER = 5.0
 
 Feed = Callable[[Event], Awaitable[None]]
 
@@ -93,7 +98,8 @@ class WatchSet:
         self.followers: dict[str, Follower] = {}
         self._events: EventWatcher | None = None
         self._cgroup_driver: str | None = None  #: Docker's, read at each connection
-        self._reload_warned: set[str] = set()  #: container IDs recorded reload_will_break
+        self._reload_checked: set[str] = set()  #: container IDs whose scope was read
+        self._retry: asyncio.TimerHandle | None = None
 
     # -- the observer --------------------------------------------------------------------
 
@@ -111,6 +117,8 @@ class WatchSet:
             self._events.stop()
         for follower in self.followers.values():
             follower.stop()
+        if self._retry is not None:
+            self._retry.cancel()
 
     def alive(self) -> bool:
         return self._events is not None and self._events.alive
@@ -161,11 +169,23 @@ class WatchSet:
         try:
             info = await self._runtime.docker("inspect", None, self._gateway.inspect, cid)
         except DockerUnavailable:
-            info = None
+            # The engine erred, not the container: only a 404 means it is gone.
+            self._retry_later()
+            return
         if info is None:
             await self._forget(cid, "destroyed")
             return
         await self.observe(info, reason=action)
+
+    def _retry_later(self) -> None:
+        if self._retry is not None:
+            return  # one is due already
+
+        def fire() -> None:
+            self._retry = None
+            self._runtime.inbox.put(Resync("inspect failed"))
+
+        self._retry = asyncio.get_running_loop().call_later(RETRY_RESYNC_AFTER, fire)
 
     async def observe(self, info: ContainerInfo, reason: str) -> None:
         """Bring followers, timers and the core in line with one container's state."""
@@ -198,7 +218,7 @@ class WatchSet:
             await self._feed(ContainerStateChanged(container_ref(info), container_state(info),
                                                    info.started_at))
         if info.status == "running":
-            await self._warn_reload_exposure(info)
+            self._check_reload_exposure(info)
 
     async def _forget(self, cid: str, reason: str) -> None:
         self._detach(cid)
@@ -297,14 +317,19 @@ class WatchSet:
 
     # -- systemd's reload exposure ------------------------------------------------------
 
-    async def _warn_reload_exposure(self, info: ContainerInfo) -> None:
-        """Once per container: record it when the next daemon-reload will revoke its GPU access."""
+    def _check_reload_exposure(self, info: ContainerInfo) -> None:
+        """Once per container, in a task of its own (``systemctl`` blocks): record
+        it when the next daemon-reload will revoke its GPU access."""
         if (self._cgroup_driver != "systemd" or not info.expects_nvidia_device
-                or info.id in self._reload_warned):
+                or info.id in self._reload_checked):
             return
+        self._reload_checked.add(info.id)
+        self._runtime.spawn(self._warn_reload_exposure(info, self._cgroup_driver),
+                            f"reload-exposure-{info.name}")
+
+    async def _warn_reload_exposure(self, info: ContainerInfo, driver: str) -> None:
         allow = await self._runtime.blocking(self._host.scope_device_allow, info)
-        if reload_exposure(self._cgroup_driver, (), allow) is ReloadExposure.WILL_BREAK:
-            self._reload_warned.add(info.id)
+        if reload_exposure(driver, (), allow) is ReloadExposure.WILL_BREAK:
             self._runtime.record(make_record(
                 "reload_will_break", container=info.name, container_id=info.short_id,
                 device_allow=allow, advice=RELOAD_ADVICE,

@@ -4,6 +4,7 @@ and what the core is told. Fakes for the engine and the followers."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -24,12 +25,13 @@ from gpuwatchd.model.events import (
     ProbeTick,
 )
 from gpuwatchd.model.events import DockerUnavailable as DockerUnavailableEvent
+from gpuwatchd.observers import watch_set as watch_set_module
 from gpuwatchd.observers.log_follower import LogMatch
 from gpuwatchd.observers.probe_timers import ProbeTimers
 from gpuwatchd.observers.watch_set import WatchSet
 from gpuwatchd.patterns import LogPattern
-from gpuwatchd.runtime import DockerStatus, FollowerEnded, Runtime
-from tests.unit.runtime_harness import T0, Recorded, container, make_runtime, queued
+from gpuwatchd.runtime import DockerStatus, FollowerEnded, Resync, Runtime
+from tests.unit.runtime_harness import T0, Recorded, container, make_runtime, queued, settle
 
 KONOMI = container("konomi")
 
@@ -128,6 +130,24 @@ async def test_destroy_and_a_404_forget_the_container(world: World) -> None:
     assert world.fed[-1] == ContainerUnwatched(ContainerRef(KONOMI.id, "konomi"), "destroyed")
 
 
+async def test_an_inspect_that_fails_keeps_the_watch_and_resyncs_later(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watch_set_module, "RETRY_RESYNC_AFTER", 0.05)
+    await world.event("start", KONOMI)
+    fed = len(world.fed)
+    world.docker.fail["inspect"] = DockerUnavailable("engine error: 500")
+    await world.event("die", KONOMI)
+    await world.event("die", KONOMI)
+    # Not "destroyed": the engine erred, the container may well be there.
+    assert len(world.fed) == fed and KONOMI.id in world.watch_set.watched
+    assert world.following() == {KONOMI.id: T0}
+    assert len(world.recorded.events("docker_call_failed")) == 2
+    await asyncio.sleep(0.2)
+    resyncs = [i for i in queued(world.runtime) if isinstance(i, Resync)]
+    assert resyncs == [Resync("inspect failed")]  # one, however many failed
+
+
 async def test_a_stop_detaches_and_a_restart_is_followed_from_its_new_start(
     world: World,
 ) -> None:
@@ -195,3 +215,30 @@ async def test_a_follower_that_ended(world: World) -> None:
     assert KONOMI.id in world.watch_set.followers  # no retry storm
     await world.watch_set.on_follower_ended(FollowerEnded(KONOMI.id, None))
     assert KONOMI.id not in world.watch_set.followers
+
+
+async def test_the_reload_exposure_check_never_blocks_the_dispatcher_and_runs_once() -> None:
+    runtime, recorded = make_runtime(inline=False)  # the read runs on a worker thread
+    gpu = replace(KONOMI, expects_nvidia_device=True)
+    world = World(runtime, recorded, gpu, driver="systemd")
+    hold = world.host.hold = threading.Event()
+    try:
+        await world.watch_set.on_docker_status(DockerStatus(True, None))
+        # The resync observed the container while systemctl hangs: it came back anyway.
+        await asyncio.wait_for(world.event("start", gpu), 1.0)
+        assert world.recorded.events("reload_will_break") == []
+        hold.set()
+        await settle(runtime)
+        for _ in range(50):
+            if world.recorded.events("reload_will_break"):
+                break
+            await asyncio.sleep(0.02)
+        [warning] = world.recorded.events("reload_will_break")
+        assert warning.get("container") == "konomi"
+        await world.event("start", gpu)
+        await settle(runtime)
+        assert world.host.called("scope_device_allow") == [(gpu.id,)]  # once per container
+    finally:
+        hold.set()
+        world.timers.stop()
+        runtime.close()
