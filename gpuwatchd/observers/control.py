@@ -206,14 +206,19 @@ def request(runtime_dir: Path, payload: dict[str, Any], timeout: float = 10.0) -
     return answer.get("result")
 
 
+#: How long a command waits for the core to apply its event before answering busy.
+APPLY_TIMEOUT = 5.0
+
+
 class ControlChannel:
     """The control observer: the socket, and each request turned into an answer
     or a core event.
 
     ``reset``, ``pause`` and ``resume`` put their event on the queue and are
-    answered once the core has applied it. ``target(name, resuming)`` resolves
-    the container a pause or resume names and raises ControlError for one
-    neither watched nor configured.
+    answered once the core has applied it, or with an error when it has not
+    within :data:`APPLY_TIMEOUT` (the event is still applied when its turn
+    comes). ``target(name, resuming)`` resolves the container a pause or
+    resume names and raises ControlError for one neither watched nor configured.
     """
 
     def __init__(self, runtime_dir: Path, *,
@@ -275,7 +280,15 @@ class ControlChannel:
         raise ControlError(f"unknown command {command!r}")
 
     async def apply(self, event: Event) -> None:
-        """Hand ``event`` to the core through the dispatcher; return once applied."""
+        """Hand ``event`` to the core through the dispatcher; return once applied.
+
+        Raises:
+            ControlError: not applied within :data:`APPLY_TIMEOUT`.
+        """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._put(Apply(event, done))
-        await done
+        try:
+            await asyncio.wait_for(asyncio.shield(done), APPLY_TIMEOUT)
+        except asyncio.TimeoutError:  # asyncio's own before 3.11
+            raise ControlError(
+                f"not applied within {APPLY_TIMEOUT:g} s; the daemon is busy") from None
