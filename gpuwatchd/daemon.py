@@ -45,7 +45,6 @@ from gpuwatchd.observers.gpu_poller import GpuPoller
 from gpuwatchd.observers.probe_timers import ProbeTimers
 from gpuwatchd.observers.reload_watch import ReloadObserver
 from gpuwatchd.observers.watch_set import WatchSet
-from gpuwatchd.runtime import Item, Runtime, exit_past_stuck_threads
 from gpuwatchd.sinks.log import LogFormat, configure_logging
 from gpuwatchd.sinks.metrics import start_metrics
 from gpuwatchd.sinks.notify import Notifier
@@ -68,11 +67,8 @@ class Daemon:
     """One gpuwatchd process: create, then ``await run()`` until stopped.
 
     The observers are attributes (``control``, ``watch_set``, ``probe_timers``,
-    ``gpu_poller``, ``reload_watch``), started in that order once the
-    dispatcher runs. At shutdown the reload watch, the watch set and the probe
-    timers stop first, the GPU poller once restarts in flight have ended, the
-    control socket last. One may be replaced by another :class:`Observer`
-    before :meth:`run`.
+    ``gpu_poller``, ``reload_watch``; one may be replaced before :meth:`run`),
+    started in that order once the dispatcher runs, stopped as :meth:`_shutdown` says.
     """
 
     def __init__(self, config: Config, *, gateway: DockerPort | None = None,
@@ -89,7 +85,7 @@ class Daemon:
         #: Called on the event loop with every record written (after folding):
         #: notifications and metrics hang here. Must not block.
         self.record_listeners = self._writer.listeners
-        self.runtime = Runtime(self._writer.record, WORKERS)
+        self.runtime = rt.Runtime(self._writer.record, WORKERS)
         self._inbox = self.runtime.inbox
         self._stop = asyncio.Event()
         self._sigint_count = 0
@@ -187,6 +183,9 @@ class Daemon:
         sdnotify.ready(self.status.line())
 
     async def _shutdown(self) -> None:
+        """The reload watch, the watch set and the probe timers stop first; restarts
+        in flight finish (bounded); the GPU poller stops with the tasks; the
+        control socket goes, then the instance lock."""
         sdnotify.stopping("stopping")
         if self._core is not None:
             self.runtime.record(make_record("daemon_stopping", dry_run=self.config.daemon.dry_run,
@@ -227,11 +226,10 @@ class Daemon:
             pass  # not the main thread (tests drive the daemon directly)
 
     def _restore_signal_handlers(self) -> None:
-        if self._loop is None:
-            return
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                self._loop.remove_signal_handler(sig)
+                loop.remove_signal_handler(sig)
 
     def _on_sigint(self) -> None:
         self._sigint_count += 1
@@ -253,7 +251,7 @@ class Daemon:
             finally:
                 self._inbox.task_done()
 
-    async def _handle(self, item: Item) -> None:
+    async def _handle(self, item: rt.Item) -> None:
         match item:
             case rt.DockerEventSeen(raw=raw):
                 await self.watch_set.on_container_event(raw)
@@ -293,9 +291,8 @@ class Daemon:
     def alive(self) -> bool:
         """True when the dispatcher and every observer are alive; a stuck one
         stops the watchdog ping."""
-        if self._dispatcher is None or self._dispatcher.done():
-            return False
-        if not all(observer.alive() for observer in self.observers):
+        dispatcher = self._dispatcher
+        if dispatcher is None or dispatcher.done() or not all(o.alive() for o in self.observers):
             return False
         # The dispatcher must not be stuck on one item while work waits.
         return not (self._inbox.qsize() > 0
@@ -348,7 +345,7 @@ def run_daemon(
         status = asyncio.run(Daemon(config, force_dry_run=force_dry_run).run())
     except KeyboardInterrupt:
         status = int(ExitCode.OK)
-    exit_past_stuck_threads(status)
+    rt.exit_past_stuck_threads(status)
     return status
 
 
