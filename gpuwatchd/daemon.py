@@ -43,7 +43,7 @@ from gpuwatchd.observers.base import Observer
 from gpuwatchd.observers.control import ControlChannel
 from gpuwatchd.observers.gpu_poller import GpuPoller
 from gpuwatchd.observers.probe_timers import ProbeTimers
-from gpuwatchd.observers.reload_watch import ReloadObserver
+from gpuwatchd.observers.reload_observer import ReloadObserver
 from gpuwatchd.observers.watch_set import WatchSet
 from gpuwatchd.sinks.log import LogFormat, configure_logging
 from gpuwatchd.sinks.metrics import start_metrics

@@ -20,15 +20,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
-
-import structlog
-
-from gpuwatchd.model.events import SystemdReloaded
-
-log = structlog.get_logger("gpuwatchd")
 
 #: PID 1's messages that start a reload (252: "Reloading."; 253+: "Reloading...").
 RELOAD_MESSAGES = frozenset({"Reloading.", "Reloading...", "Reexecuting.", "Reexecuting..."})
@@ -137,43 +131,3 @@ def _timestamp(entry: dict[str, Any]) -> float:
     if isinstance(realtime, datetime):
         return realtime.timestamp()
     return time.time()
-
-
-class ReloadObserver:
-    """The reload watcher on a thread of its own, putting ``SystemdReloaded`` on the queue.
-
-    Where the journal cannot be read, the daemon runs without it (logged at
-    debug level); a watch that fails later is logged once. Either way it is a
-    feature missing, not an observer stuck: :meth:`alive` stays True.
-    """
-
-    def __init__(self, put: Callable[[SystemdReloaded], None],
-                 watcher: Callable[[], ReloadWatcher] = ReloadWatcher) -> None:
-        self._put = put
-        self._new_watcher = watcher
-        self._stop = threading.Event()
-
-    async def start(self) -> None:
-        watcher = self._new_watcher()
-        try:
-            watcher.open()
-        except ReloadWatchUnavailable as exc:
-            log.debug("systemd_reload_watch_unavailable", reason=str(exc))
-            return
-
-        def follow() -> None:
-            try:
-                for when in watcher.follow(self._stop):
-                    self._put(SystemdReloaded(when))
-            except ReloadWatchUnavailable as exc:
-                log.warning("systemd_reload_watch_failed", reason=str(exc))
-            finally:
-                watcher.close()
-
-        threading.Thread(target=follow, name="systemd-reloads", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def alive(self) -> bool:
-        return True
