@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import docker
 import docker.errors
@@ -548,6 +548,10 @@ class _Stream:
         return self._closed
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class StreamThread:
     """A dedicated thread that reads one Docker stream until stopped.
 
@@ -558,7 +562,7 @@ class StreamThread:
 
     def __init__(self, name: str) -> None:
         self._stopping = threading.Event()
-        self._stream: _Stream | None = None
+        self._stream: _Closable | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:

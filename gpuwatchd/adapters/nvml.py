@@ -17,6 +17,9 @@ from typing import TypeVar
 
 import pynvml
 
+from gpuwatchd.model.events import GpuInfo, GpuSnapshot, NvmlUnavailable
+from gpuwatchd.model.events import NvmlFailure as NvmlFailureKind
+
 T = TypeVar("T")
 
 #: NVML return codes that name a host condition (pynvml.NVML_ERROR_*).
@@ -145,3 +148,15 @@ class Nvml:
                 )
             )
         return tuple(gpus)
+
+
+def gpu_reading(read_gpus: Callable[[], tuple[GpuState, ...]]) -> GpuSnapshot | NvmlUnavailable:
+    """One reading of the host's GPUs as the core's event (blocking): every GPU,
+    or why NVML could not be read."""
+    try:
+        gpus = read_gpus()
+    except NvmlFailure as exc:
+        reason = (NvmlFailureKind(exc.kind) if exc.kind in NvmlFailureKind.__members__.values()
+                  else NvmlFailureKind.UNKNOWN)
+        return NvmlUnavailable(reason, str(exc))
+    return GpuSnapshot(tuple(GpuInfo(g.index, g.uuid, g.name, g.persistence) for g in gpus))

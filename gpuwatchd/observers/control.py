@@ -19,12 +19,15 @@ import json
 import math
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from gpuwatchd.config import MAX_DURATION
 from gpuwatchd.core.watchset import UnknownTarget
+from gpuwatchd.model.events import Event, PauseRequested, ResetRequested, ResumeRequested
+from gpuwatchd.runtime import Apply
 
 SOCKET_NAME = "control.sock"
 #: A request larger than this is refused: the channel carries commands, not data.
@@ -202,3 +205,91 @@ def request(runtime_dir: Path, payload: dict[str, Any], timeout: float = 10.0) -
     if not answer.get("ok"):
         raise ControlError(str(answer.get("error", "request failed")))
     return answer.get("result")
+
+
+#: How long a command waits for the core to apply its event before answering busy.
+APPLY_TIMEOUT = 5.0
+
+
+class ControlChannel:
+    """The control observer: the socket, and each request turned into an answer
+    or a core event.
+
+    ``reset``, ``pause`` and ``resume`` put their event on the queue and are
+    answered once the core has applied it, or with an error when it has not
+    within :data:`APPLY_TIMEOUT` (the event is still applied when its turn
+    comes). ``target(name, resuming)`` resolves the container a pause or
+    resume names and raises ControlError for one neither watched nor configured.
+    """
+
+    def __init__(self, runtime_dir: Path, *,
+                 status: Callable[[], dict[str, Any]],
+                 history: Callable[[], dict[str, Any]],
+                 target: Callable[[str | None, bool], str | None],
+                 put: Callable[[Apply], None],
+                 on_unavailable: Callable[[OSError], None]) -> None:
+        self._server = ControlServer(runtime_dir, self.handle)
+        self._status = status
+        self._history = history
+        self._target = target
+        self._put = put
+        self._on_unavailable = on_unavailable
+        self._serving = False
+
+    async def start(self) -> None:
+        """Listen; a socket that cannot be made costs the channel, not the daemon."""
+        try:
+            await self._server.start()
+        except OSError as exc:
+            self._on_unavailable(exc)
+            return
+        self._serving = True
+
+    def stop(self) -> None:
+        pass  # requests in flight are answered; :meth:`close` removes the socket
+
+    async def close(self) -> None:
+        if self._serving:
+            await self._server.close()
+            self._serving = False
+
+    def alive(self) -> bool:
+        return True
+
+    async def handle(self, request: dict[str, Any]) -> Any:
+        command = request.get("command")
+        container = request.get("container")
+        if container is not None and not isinstance(container, str):
+            raise ControlError("container must be a name")
+        if command == "status":
+            return self._status()
+        if command == "history":
+            return self._history()
+        if command == "reset":
+            await self.apply(ResetRequested(container))
+            return {"reset": container or "all"}
+        if command == "pause":
+            duration = pause_duration(request.get("for"))
+            target = self._target(container, False)
+            until = None if duration is None else time.time() + duration
+            await self.apply(PauseRequested(target, until))
+            return {"paused": target or "all", "until": until}
+        if command == "resume":
+            target = self._target(container, True)
+            await self.apply(ResumeRequested(target))
+            return {"resumed": target or "all"}
+        raise ControlError(f"unknown command {command!r}")
+
+    async def apply(self, event: Event) -> None:
+        """Hand ``event`` to the core through the dispatcher; return once applied.
+
+        Raises:
+            ControlError: not applied within :data:`APPLY_TIMEOUT`.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._put(Apply(event, done))
+        try:
+            await asyncio.wait_for(asyncio.shield(done), APPLY_TIMEOUT)
+        except asyncio.TimeoutError:  # asyncio's own before 3.11
+            raise ControlError(
+                f"not applied within {APPLY_TIMEOUT:g} s; the daemon is busy") from None

@@ -13,13 +13,8 @@ from typing import Any
 
 from tenacity import Future, Retrying, retry_if_exception_type, wait_exponential
 
-from gpuwatchd.adapters.docker_engine import (
-    DockerGateway,
-    DockerUnavailable,
-    EngineVersion,
-    EventStream,
-    StreamThread,
-)
+from gpuwatchd.adapters.docker_engine import DockerUnavailable, EngineVersion, StreamThread
+from gpuwatchd.adapters.protocols import DockerPort, EventStreamPort
 
 EventCallback = Callable[[dict[str, Any]], None]
 StatusCallback = Callable[[bool, str | None], None]  # (connected, error)
@@ -30,7 +25,7 @@ class EventWatcher(StreamThread):
 
     def __init__(
         self,
-        gateway: DockerGateway,
+        gateway: DockerPort,
         on_event: EventCallback,
         on_status: StatusCallback,
         max_backoff: float = 30.0,
@@ -41,11 +36,11 @@ class EventWatcher(StreamThread):
         self._max_backoff = max_backoff
         self._connected: bool | None = None
         super().__init__("docker-events")
-        self._stream: EventStream | None = None
+        self._stream: EventStreamPort | None = None
         self.last_event_at = time.time()  #: for liveness checks
         self.engine: EngineVersion | None = None  #: the engine of the last connection
 
-    def _connect(self) -> EventStream:
+    def _connect(self) -> EventStreamPort:
         self.engine = self._gateway.ping()
         return self._gateway.event_stream()
 

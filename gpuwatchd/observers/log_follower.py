@@ -13,12 +13,8 @@ from dataclasses import dataclass
 
 import docker.errors
 
-from gpuwatchd.adapters.docker_engine import (
-    DockerGateway,
-    DockerUnavailable,
-    LogStream,
-    StreamThread,
-)
+from gpuwatchd.adapters.docker_engine import DockerUnavailable, StreamThread
+from gpuwatchd.adapters.protocols import DockerPort, LogStreamPort
 from gpuwatchd.core.loglines import LineSplitter, clean
 from gpuwatchd.patterns import LogPattern, first_match
 
@@ -42,7 +38,7 @@ class LogFollower(StreamThread):
 
     def __init__(
         self,
-        gateway: DockerGateway,
+        gateway: DockerPort,
         container_id: str,
         container_name: str,
         since: float,
@@ -60,7 +56,7 @@ class LogFollower(StreamThread):
         self._on_match = on_match
         self._on_end = on_end
         super().__init__(f"logs-{container_name}")
-        self._stream: LogStream | None = None
+        self._stream: LogStreamPort | None = None
 
     def _run(self) -> None:
         error: str | None = None

@@ -39,7 +39,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from gpuwatchd import __version__
-from gpuwatchd.model.records import Record
+from gpuwatchd.model.records import Record, make_record
 from gpuwatchd.model.vocabulary import ProbeResult
 
 #: How often the gauges' snapshot is refreshed from the daemon.
@@ -381,3 +381,18 @@ __all__ = [
     "MAX_CONNECTIONS", "MAX_REQUEST_HEAD", "PROBE_RESULTS", "REFRESH_INTERVAL",
     "REQUEST_TIMEOUT", "WRITE_TIMEOUT", "Metrics", "parse_listen",
 ]
+
+
+async def start_metrics(listen: str, status: StatusSource,
+                        record: Callable[[Record], None]) -> Metrics | None:
+    """Serve metrics on ``listen``, recording ``metrics_busy`` for each connection
+    turned away; None, with ``metrics_unavailable`` recorded, when the address
+    cannot be bound: that costs the metrics, not the watchdog."""
+    metrics = Metrics(status)
+    try:
+        await metrics.serve(listen, on_busy=lambda: record(make_record(
+            "metrics_busy", listen=listen, limit=MAX_CONNECTIONS)))
+    except (OSError, ValueError) as exc:
+        record(make_record("metrics_unavailable", listen=listen, error=str(exc)))
+        return None
+    return metrics
