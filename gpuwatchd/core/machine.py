@@ -214,8 +214,9 @@ class Core(Remediating):
                 self._recheck(event.ref, now)
             case SystemdReloaded():
                 self._last_reload = max(self._last_reload or event.at, event.at)
-                self._emit("systemd_reload_detected", at=event.at)
-                self._probe_all(ProbePurpose.RELOAD, now)
+                if not event.before_start:
+                    self._emit("systemd_reload_detected", at=event.at)
+                    self._probe_all(ProbePurpose.RELOAD, now)
             case PersistenceSetFinished():
                 self._on_persistence_set(event, now)
             case RestartFinished():
@@ -299,13 +300,15 @@ class Core(Remediating):
         if self._nvml_failure is not None:
             self._nvml_failure = None
             self._emit("nvml_available")
-        newly_off = False
+        newly_off = turned_on = False
         start = len(self._out)
         gpus: dict[int, TrackedGpu] = {}
         for info in event.gpus:
             prev = self._gpus.get(info.index)
             gpus[info.index] = TrackedGpu(info, info.persistence, now)
             if info.persistence:
+                # Saved so the state file holds the last moment it was seen off.
+                turned_on |= prev is not None and not prev.persistence
                 continue
             self._gpu_last_disabled[info.uuid] = now
             if prev is None or prev.persistence or prev.info.uuid != info.uuid:
@@ -317,11 +320,12 @@ class Core(Remediating):
                     gpu_name=info.name,
                 )
         self._gpus = gpus
-        self._led_to(start, lambda: self._after_snapshot(newly_off, now))
+        self._led_to(start, lambda: self._after_snapshot(newly_off, turned_on, now))
 
-    def _after_snapshot(self, newly_off: bool, now: float) -> None:
-        if newly_off:
+    def _after_snapshot(self, newly_off: bool, turned_on: bool, now: float) -> None:
+        if newly_off or turned_on:
             self._save()
+        if newly_off:
             self._probe_all(ProbePurpose.DRIFT, now)
         off = [g for g in self._gpus.values() if not g.persistence]
         if off and self._config.gpu.enforce_persistence and not self._paused_now(None, now):

@@ -54,7 +54,9 @@ class Remediating(Ledger):
             probe=c.last_result,
             device_access=DeviceAccess.of(device_access_ok),
             off_since_start=any(t >= c.started_at for t in self._gpu_last_disabled.values()),
-            off_now=any(not g.persistence for g in self._gpus.values()) if self._gpus else None,
+            # The last reading says nothing of now while host NVML fails.
+            off_now=(any(not g.persistence for g in self._gpus.values())
+                     if self._gpus and nf is None else None),
             reload_since_start=self._last_reload is not None and self._last_reload >= c.started_at,
         )
 

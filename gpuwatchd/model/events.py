@@ -218,9 +218,16 @@ class ProbeFinished:
 
 @dataclass(frozen=True)
 class SystemdReloaded:
-    """systemd reloaded its units (``at``: when)."""
+    """systemd reloaded its units (``at``: when).
+
+    ``before_start``: a reload logged before the daemon started, read back from
+    the journal at start. It is evidence for faults of containers started
+    before it (see :func:`~gpuwatchd.core.cause.cause_of`), and nothing more: no
+    record and no probes, since every container gets its first probe at start.
+    """
 
     at: float
+    before_start: bool = False
 
 
 @dataclass(frozen=True)

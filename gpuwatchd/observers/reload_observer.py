@@ -1,5 +1,7 @@
 """The systemd reload observer: :class:`~.reload_watch.ReloadWatcher` on a thread of
-its own, each reload put on the daemon's queue.
+its own, each reload put on the daemon's queue, and first the journal's last reload
+from before the start (``before_start``: evidence for the cause rule, as diagnose
+reads it).
 
 Kept apart from :mod:`.reload_watch`, which imports nothing but the standard
 library and systemd-python so that it runs on its own (the systemd tests run
@@ -40,6 +42,8 @@ class ReloadObserver:
         except ReloadWatchUnavailable as exc:
             log.debug("systemd_reload_watch_unavailable", reason=str(exc))
             return
+        if watcher.last_before_open is not None:
+            self._put(SystemdReloaded(watcher.last_before_open, before_start=True))
 
         def follow() -> None:
             try:

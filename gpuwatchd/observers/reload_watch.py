@@ -41,6 +41,8 @@ class ReloadWatcher:
         """*path*: a journal directory to read instead of the system journal (tests)."""
         self._path = path
         self._reader: Any = None
+        #: When PID 1 last logged a reload before :meth:`open` (epoch seconds), or None.
+        self.last_before_open: float | None = None
 
     @property
     def is_open(self) -> bool:
@@ -56,12 +58,14 @@ class ReloadWatcher:
         if self._reader is not None:
             return
         try:
-            reader, _ = reload_reader(self._path)
+            reader, last = reload_reader(self._path)
         except ImportError as exc:
             raise ReloadWatchUnavailable(f"systemd-python is not installed: {exc}") from exc
         except OSError as exc:
             raise ReloadWatchUnavailable(f"cannot read the journal: {exc}") from exc
         self._reader = reader
+        realtime = last.get("__REALTIME_TIMESTAMP") if last else None
+        self.last_before_open = realtime.timestamp() if isinstance(realtime, datetime) else None
 
     def close(self) -> None:
         """Release the journal; safe to call twice."""

@@ -15,7 +15,7 @@ out = pathlib.Path(sys.argv[1])
 with ReloadWatcher() as watcher:
     out.with_suffix(".open").write_text("open")
     first = watcher.wait_for_reload(float(sys.argv[2]))
-    out.write_text(f"{first} {time.time()}")
+    out.write_text(f"{first} {time.time()} {watcher.last_before_open}")
 """
 
 
@@ -54,7 +54,7 @@ def test_daemon_reload_is_detected(systemd_box: SystemdBox) -> None:
         timeout=20,
         what="the watcher to report the reload",
     )
-    seen, now = box.read_file(result).split()
+    seen, now, _ = box.read_file(result).split()
     assert seen != "None"
     assert float(seen) <= float(now)
 
@@ -62,7 +62,8 @@ def test_daemon_reload_is_detected(systemd_box: SystemdBox) -> None:
 @pytest.mark.systemd
 @pytest.mark.docker
 def test_earlier_reloads_are_not_reported(systemd_box: SystemdBox) -> None:
-    """A reload that happened before open() is history: the wait times out with None."""
+    """A reload that happened before open() is not reported as one: the wait times out
+    with None, and its time is kept as ``last_before_open``."""
     box = systemd_box
     box.sysexec(["systemctl", "daemon-reload"], check=True)
     result = start_watcher(box, "reload-watch-miss", timeout=2)
@@ -71,7 +72,10 @@ def test_earlier_reloads_are_not_reported(systemd_box: SystemdBox) -> None:
         timeout=20,
         what="the watcher to time out",
     )
-    assert box.read_file(result).split()[0] == "None"
+    seen, now, before = box.read_file(result).split()
+    assert seen == "None"
+    # It is kept as the last reload before open: evidence, not an event.
+    assert before != "None" and float(before) <= float(now)
 
 
 def test_unreadable_journal_is_reported_not_raised_raw() -> None:

@@ -101,6 +101,9 @@ ROWS = [
         changed="diagnose: a reload alone said device_access_lost even with no GPU reading"),
     Row("an at-risk setup, no reload seen", ev(at_risk=True), Cause.UNKNOWN, None,
         changed="diagnose: it said device_access_lost (probable); the risk is advice"),
+    Row("host NVML fails (unknown), a GPU read off before the start",
+        ev(host_nvml="unknown", off_now=None, off_since_start=False), Cause.UNKNOWN, None,
+        changed="core: it took the last reading, made before NVML failed, for now"),
     Row("no evidence at all", ev(), Cause.UNKNOWN, None),
 ]
 
@@ -116,7 +119,7 @@ def test_the_rule(row: Row) -> None:
 def core_cause(e: Evidence) -> tuple[str, str | None]:
     """Drive the core into ``e`` and fault KonomiTV; the cause and confidence it records."""
     h = Harness(config=make_config(enforce_persistence=False))
-    if e.off_now and e.off_since_start is False:
+    if e.off_since_start is False and (e.off_now or e.host_nvml is not None):
         h.gpus(GPU0_OFF)  # read before the container started, not since
         h.later(10)
         h.watch(started_at=h.now - 5)
@@ -217,3 +220,54 @@ def test_diagnose_names_the_history_it_used() -> None:
     verdict = container_verdict(host, c)
     assert any("gpuwatchd saw persistence mode off on GPU-0" in e for e in verdict.evidence)
     assert "was off on GPU 0 (GTX 1080 Ti) after it started" in verdict.summary
+
+
+# -- evidence the core gathers over time ---------------------------------------------------
+
+
+def test_a_reload_logged_before_the_daemon_started_is_evidence_and_nothing_more() -> None:
+    """The journal's last reload, read back at start, counts for containers started
+    before it (as diagnose reads it) but records nothing and probes nothing."""
+    h = Harness(config=make_config(enforce_persistence=False))
+    h.watch(started_at=h.now - 100)
+    h.gpus(GPU0)
+    h.later(1)
+    start = len(h.log)
+    actions = h.send(SystemdReloaded(h.now - 50, before_start=True))
+    assert actions == [] and h.log[start:] == []
+    h.later(10)
+    h.send(ProbeTick(KONOMI))
+    h.answer(R.NVML_UNKNOWN_ERROR)
+    h.finish_restart()
+    [restarted] = [r for r in h.all_records() if r.event == "container_restarted"]
+    assert (restarted.get("cause"), restarted.get("confidence")) == (
+        "device_access_lost", "probable")
+
+
+def test_a_reload_logged_before_the_container_started_is_no_evidence() -> None:
+    h = Harness(config=make_config(enforce_persistence=False))
+    h.watch(started_at=h.now - 10)
+    h.gpus(GPU0)
+    h.send(SystemdReloaded(h.now - 50, before_start=True))
+    h.later(10)
+    h.send(ProbeTick(KONOMI))
+    h.answer(R.NVML_UNKNOWN_ERROR)
+    if h.restarts():
+        h.finish_restart()
+    causes = [r.get("cause") for r in h.all_records() if r.get("cause") is not None]
+    assert causes and set(causes) == {"unknown"}
+
+
+def test_the_state_file_keeps_the_last_moment_a_gpu_was_seen_off() -> None:
+    """Saved when a GPU turns back on, so a daemon restarted later (and diagnose with
+    no daemon) see the GPU off until then, not only when it was first seen off."""
+    h = Harness(config=make_config(enforce_persistence=False))
+    h.gpus(GPU0_OFF)
+    first = h.now
+    h.later(30)
+    h.gpus(GPU0_OFF)
+    last = h.now
+    h.later(30)
+    h.gpus(GPU0)
+    assert h.saved().gpu_last_disabled == {GPU0_OFF.uuid: last}
+    assert last > first
