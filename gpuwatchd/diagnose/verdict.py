@@ -338,8 +338,10 @@ def _judge(host: HostFacts, c: ContainerFacts) -> Verdict:
         return Verdict("healthy", Status.HEALTHY, f"NVML works inside {c.name}.", ev,
                        advice=advice)
 
+    # The kernel's refusal is proof whatever the probe could show (rule 2 of cause_of).
+    refused = cause is Cause.DEVICE_ACCESS_LOST and confidence is Confidence.CERTAIN
     if result is ProbeResult.PROBE_UNAVAILABLE:
-        if e.device_access is DeviceAccess.LOST:
+        if refused:
             return _device_lost(c, ev, certain=True)
         return Verdict(
             "probe_unavailable", Status.CANNOT_CHECK,
@@ -352,6 +354,8 @@ def _judge(host: HostFacts, c: ContainerFacts) -> Verdict:
         )
 
     if result is ProbeResult.TIMEOUT:
+        if refused:
+            return _device_lost(c, ev, certain=True)
         return Verdict(
             Cause.UNKNOWN.value, Status.PROBLEM,
             f"`{' '.join(c.probe.command)}` hung inside {c.name}: NVML did not answer in time.",

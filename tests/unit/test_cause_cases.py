@@ -271,3 +271,13 @@ def test_the_state_file_keeps_the_last_moment_a_gpu_was_seen_off() -> None:
     h.gpus(GPU0)
     assert h.saved().gpu_last_disabled == {GPU0_OFF.uuid: last}
     assert last > first
+
+
+@pytest.mark.parametrize("probe", [R.TIMEOUT, R.PROBE_UNAVAILABLE])
+def test_diagnose_takes_the_kernels_refusal_over_a_probe_that_proved_nothing(
+    probe: ProbeResult,
+) -> None:
+    """A hung or missing probe proves nothing, but the kernel's refusal of the device
+    nodes does: the rule's answer, as for any other probe result."""
+    host, c = diagnose_facts(ev(probe=probe, device_access=LOST))
+    assert container_verdict(host, c).cause == Cause.DEVICE_ACCESS_LOST.value
