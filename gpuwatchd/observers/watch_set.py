@@ -222,6 +222,7 @@ class WatchSet:
 
     async def _forget(self, cid: str, reason: str) -> None:
         self._detach(cid)
+        self._reload_checked.discard(cid)
         info = self.watched.pop(cid, None)
         if info is not None:
             await self._feed(ContainerUnwatched(container_ref(info), reason))
@@ -319,7 +320,8 @@ class WatchSet:
 
     def _check_reload_exposure(self, info: ContainerInfo) -> None:
         """Once per container, in a task of its own (``systemctl`` blocks): record
-        it when the next daemon-reload will revoke its GPU access."""
+        it when the next daemon-reload will revoke its GPU access. A read that cannot
+        tell is tried again at the container's next event."""
         if (self._cgroup_driver != "systemd" or not info.expects_nvidia_device
                 or info.id in self._reload_checked):
             return
@@ -328,7 +330,12 @@ class WatchSet:
                             f"reload-exposure-{info.name}")
 
     async def _warn_reload_exposure(self, info: ContainerInfo, driver: str) -> None:
-        allow = await self._runtime.blocking(self._host.scope_device_allow, info)
+        allow = None
+        try:
+            allow = await self._runtime.blocking(self._host.scope_device_allow, info)
+        finally:
+            if allow is None:  # could not tell (a timeout, a scope not active yet): ask again
+                self._reload_checked.discard(info.id)
         if reload_exposure(driver, (), allow) is ReloadExposure.WILL_BREAK:
             self._runtime.record(make_record(
                 "reload_will_break", container=info.name, container_id=info.short_id,

@@ -242,3 +242,25 @@ async def test_the_reload_exposure_check_never_blocks_the_dispatcher_and_runs_on
         hold.set()
         world.timers.stop()
         runtime.close()
+
+
+async def test_a_reload_exposure_read_that_cannot_tell_is_tried_again() -> None:
+    """systemctl timing out (or a scope not active yet) is no answer: the container's
+    next event reads again, and the warning still comes once the scope answers."""
+    runtime, recorded = make_runtime()
+    gpu = replace(KONOMI, expects_nvidia_device=True)
+    world = World(runtime, recorded, gpu, driver="systemd")
+    world.host.device_allow = None
+    try:
+        await world.watch_set.on_docker_status(DockerStatus(True, None))
+        await settle(runtime)
+        assert world.recorded.events("reload_will_break") == []
+        world.host.device_allow = "DeviceAllow="
+        await world.event("start", gpu)
+        await settle(runtime)
+        [warning] = world.recorded.events("reload_will_break")
+        assert warning.get("container") == "konomi"
+        assert len(world.host.called("scope_device_allow")) == 2
+    finally:
+        world.timers.stop()
+        runtime.close()
