@@ -326,8 +326,10 @@ def _who(container: str | None) -> str:
 
 
 def _send(args: argparse.Namespace, payload: dict[str, Any], done: str) -> int:
-    code, _result = _control(args, payload)
+    code, result = _control(args, payload)
     if code == ExitCode.OK:
+        if isinstance(result, dict) and result.get("pending"):
+            done += " (queued: the daemon is busy and applies it in turn)"
         _write_stdout(done + "\n")
     return code
 

@@ -266,8 +266,10 @@ class Daemon:
             case rt.Apply(event=event):
                 try:
                     await self._feed(event)
-                finally:
-                    item.settle()
+                except BaseException as exc:
+                    item.settle(exc)
+                    raise
+                item.settle()
             case _:
                 await self._feed(item)
 

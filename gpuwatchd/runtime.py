@@ -80,10 +80,13 @@ class Apply:
     event: Event
     done: asyncio.Future[None]
 
-    def settle(self) -> None:
-        """Tell the sender the core is done with the event (applied, or it raised)."""
+    def settle(self, error: BaseException | None = None) -> None:
+        """Tell the sender the core is done with the event: applied, or ``error``."""
         if not self.done.done():
-            self.done.set_result(None)
+            if error is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(error)
 
 
 #: Everything the dispatcher reads.

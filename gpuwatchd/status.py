@@ -91,7 +91,7 @@ class DaemonStatus:
 
     def control_target(self, name: str | None, resuming: bool) -> str | None:
         """The container a pause/resume names (see :func:`control_target`); raises
-        ControlError for a name neither watched nor configured."""
+        UnknownTarget for a name neither watched nor configured."""
         assert self.core is not None
         paused = self.core.persisted().paused if resuming else ()
         watched = {cid: info.name for cid, info in self._watch_set.watched.items()}

@@ -207,7 +207,7 @@ def request(runtime_dir: Path, payload: dict[str, Any], timeout: float = 10.0) -
     return answer.get("result")
 
 
-#: How long a command waits for the core to apply its event before answering busy.
+#: How long a command waits for the core to apply its event before answering "pending".
 APPLY_TIMEOUT = 5.0
 
 
@@ -216,10 +216,10 @@ class ControlChannel:
     or a core event.
 
     ``reset``, ``pause`` and ``resume`` put their event on the queue and are
-    answered once the core has applied it, or with an error when it has not
-    within :data:`APPLY_TIMEOUT` (the event is still applied when its turn
-    comes). ``target(name, resuming)`` resolves the container a pause or
-    resume names and raises ControlError for one neither watched nor configured.
+    answered once the core has applied it, or marked ``pending`` when it has not
+    within :data:`APPLY_TIMEOUT` (it is applied when its turn comes).
+    ``target(name, resuming)`` resolves the container a pause or resume names
+    and raises UnknownTarget for one neither watched nor configured.
     """
 
     def __init__(self, runtime_dir: Path, *,
@@ -266,30 +266,32 @@ class ControlChannel:
         if command == "history":
             return self._history()
         if command == "reset":
-            await self.apply(ResetRequested(container))
-            return {"reset": container or "all"}
+            return await self.apply(ResetRequested(container), {"reset": container or "all"})
         if command == "pause":
             duration = pause_duration(request.get("for"))
             target = self._target(container, False)
             until = None if duration is None else time.time() + duration
-            await self.apply(PauseRequested(target, until))
-            return {"paused": target or "all", "until": until}
+            return await self.apply(PauseRequested(target, until),
+                                    {"paused": target or "all", "until": until})
         if command == "resume":
             target = self._target(container, True)
-            await self.apply(ResumeRequested(target))
-            return {"resumed": target or "all"}
+            return await self.apply(ResumeRequested(target), {"resumed": target or "all"})
         raise ControlError(f"unknown command {command!r}")
 
-    async def apply(self, event: Event) -> None:
-        """Hand ``event`` to the core through the dispatcher; return once applied.
+    async def apply(self, event: Event, answer: dict[str, Any]) -> dict[str, Any]:
+        """Hand ``event`` to the core through the dispatcher; return ``answer`` once
+        applied, or with ``"pending": true`` when the core has not applied it within
+        :data:`APPLY_TIMEOUT` (it is queued, and applied when its turn comes).
 
         Raises:
-            ControlError: not applied within :data:`APPLY_TIMEOUT`.
+            ControlError: the core failed to apply it.
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._put(Apply(event, done))
         try:
             await asyncio.wait_for(asyncio.shield(done), APPLY_TIMEOUT)
         except asyncio.TimeoutError:  # asyncio's own before 3.11
-            raise ControlError(
-                f"not applied within {APPLY_TIMEOUT:g} s; the daemon is busy") from None
+            return {**answer, "pending": True}
+        except Exception as exc:
+            raise ControlError(f"not applied: {type(exc).__name__}: {exc}") from None
+        return answer
