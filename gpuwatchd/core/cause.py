@@ -33,8 +33,9 @@ class Evidence:
 
     ``host_nvml``: the host NVML failure (an ``NvmlFailure`` value), None when
     the host's NVML answers.
-    ``probe``: the in-container probe result that proved the fault (None: a log
-    pattern where probes are off).
+    ``probe``: the container's last in-container probe result (None: no probe
+    has run, as with a log pattern where probes are off). It never names a host
+    cause by itself (see below).
     ``device_access``: the device check's answer.
     ``off_since_start``: a GPU was seen with persistence mode off at some time
     since the container's last start; None when there is no such history.
