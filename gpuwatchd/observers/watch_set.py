@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from gpuwatchd.adapters.docker_engine import ContainerInfo, DockerUnavailable, EngineVersion
@@ -190,6 +191,13 @@ class WatchSet:
     async def observe(self, info: ContainerInfo, reason: str) -> None:
         """Bring followers, timers and the core in line with one container's state."""
         known = self.watched.get(info.id)
+        if known is not None and known.uses_gpu and info.status != "running":
+            # Stopped, it shows no GPU in /proc (Podman's CDI containers show none
+            # in inspect either): what its last run showed holds until it runs again,
+            # so a restart under way is never taken for a container no longer selected.
+            info = replace(info, uses_gpu=True,
+                           expects_nvidia_device=info.expects_nvidia_device
+                           or known.expects_nvidia_device)
         if not is_watched(info, self._config().watch):
             if known is not None:
                 await self._forget(info.id, f"no longer selected ({reason})")

@@ -13,7 +13,7 @@ import pytest
 from gpuwatchd.adapters.docker_engine import ContainerInfo, DockerUnavailable
 from gpuwatchd.adapters.fakes import FakeDocker, FakeHost
 from gpuwatchd.adapters.protocols import DockerPort
-from gpuwatchd.config import Config
+from gpuwatchd.config import Config, WatchConfig
 from gpuwatchd.model.events import (
     ContainerRef,
     ContainerState,
@@ -59,14 +59,14 @@ class Follower:
 
 class World:
     def __init__(self, runtime: Runtime, recorded: Recorded, *containers: ContainerInfo,
-                 driver: str = "cgroupfs") -> None:
+                 driver: str = "cgroupfs", config: Config | None = None) -> None:
         self.runtime = runtime
         self.recorded = recorded
         self.docker = FakeDocker(*containers, cgroup_driver=driver)
         self.host = FakeHost(device_allow="DeviceAllow=")
         self.fed: list[Event] = []
         self.made: list[Follower] = []
-        config = Config()
+        config = config or Config()
         self.timers = ProbeTimers(runtime, lambda: config)
 
         def follower(gateway: DockerPort, container_id: str, container_name: str,
@@ -261,6 +261,34 @@ async def test_a_reload_exposure_read_that_cannot_tell_is_tried_again() -> None:
         [warning] = world.recorded.events("reload_will_break")
         assert warning.get("container") == "konomi"
         assert len(world.host.called("scope_device_allow")) == 2
+    finally:
+        world.timers.stop()
+        runtime.close()
+
+
+async def test_a_gpu_container_stopped_for_its_restart_stays_selected() -> None:
+    """With all_gpu_containers, a container whose GPU shows only while it runs (in
+    /proc; Podman's CDI containers show none in inspect) is not dropped when an event
+    finds it stopped mid-restart: the core keeps its remediation."""
+    runtime, recorded = make_runtime()
+    config = Config(watch=WatchConfig(containers=(), labels=(), all_gpu_containers=True))
+    gpu = container("cdi", labels={})
+    world = World(runtime, recorded, gpu, config=config)
+    try:
+        await world.watch_set.observe(gpu, reason="start")
+        world.docker.containers[gpu.id] = replace(gpu, status="exited", uses_gpu=False)
+        await world.event("die", gpu)
+        restarted = replace(gpu, started_at=gpu.started_at + 5)
+        world.docker.containers[gpu.id] = restarted
+        await world.event("start", restarted)
+        assert not [e for e in world.fed if isinstance(e, ContainerUnwatched)]
+        assert gpu.id in world.watch_set.watched
+        assert world.following() == {gpu.id: restarted.started_at}
+        # A container that never showed a GPU is still not selected when stopped.
+        plain = container("plain", labels={}, cid="p" * 64)
+        world.docker.containers[plain.id] = replace(plain, status="exited", uses_gpu=False)
+        await world.event("die", plain)
+        assert plain.id not in world.watch_set.watched
     finally:
         world.timers.stop()
         runtime.close()
