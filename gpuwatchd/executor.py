@@ -30,7 +30,7 @@ from gpuwatchd.model.events import (
     ContainerState,
     DeadlineReached,
     Emit,
-    GpuInfo,
+    Gpu,
     PersistenceSetFinished,
     PersistenceSetResult,
     ProbeFinished,
@@ -62,7 +62,7 @@ class Executor:
 
     def __init__(self, runtime: Runtime, gateway: DockerPort, nvml: NvmlPort, host: HostPort,
                  config: Callable[[], Config],
-                 gpus: Callable[[], tuple[GpuInfo, ...]] = tuple) -> None:
+                 gpus: Callable[[], tuple[Gpu, ...]] = tuple) -> None:
         self._runtime = runtime
         self._gateway = gateway
         self._nvml = nvml

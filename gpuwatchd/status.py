@@ -16,7 +16,7 @@ from gpuwatchd import __version__
 from gpuwatchd.config import Config
 from gpuwatchd.core.machine import Core
 from gpuwatchd.core.watchset import control_target
-from gpuwatchd.model.events import Event, GpuInfo, GpuSnapshot, NvmlUnavailable
+from gpuwatchd.model.events import Event, Gpu, GpuSnapshot, NvmlUnavailable
 from gpuwatchd.observers.watch_set import WatchSet
 from gpuwatchd.runtime import Runtime
 
@@ -31,7 +31,7 @@ class DaemonStatus:
         self._watch_set = watch_set
         self.started_at = time.time()
         self.core: Core | None = None
-        self.gpus: tuple[GpuInfo, ...] = ()  #: from the last GPU reading
+        self.gpus: tuple[Gpu, ...] = ()  #: from the last GPU reading
         self.nvml_ok: bool | None = None  #: whether the last GPU reading worked
 
     def saw(self, event: Event) -> None:

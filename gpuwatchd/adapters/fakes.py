@@ -17,9 +17,9 @@ from dataclasses import replace
 from typing import Any
 
 from gpuwatchd.adapters.docker_engine import ContainerInfo, EngineVersion, ExecOutcome
-from gpuwatchd.adapters.nvml import GpuState
 from gpuwatchd.adapters.protocols import DockerPort, HostPort, NvmlPort
 from gpuwatchd.core.device_access import Access, AccessCheck
+from gpuwatchd.model.events import Gpu
 
 
 class _Calls:
@@ -127,11 +127,11 @@ class FakeDocker(_Calls):
 class FakeNvml(_Calls):
     """A driver with ``gpus``; ``set_persistence`` changes the GPU it names."""
 
-    def __init__(self, *gpus: GpuState) -> None:
+    def __init__(self, *gpus: Gpu) -> None:
         super().__init__()
         self.gpus = tuple(gpus)
 
-    def read_gpus(self) -> tuple[GpuState, ...]:
+    def read_gpus(self) -> tuple[Gpu, ...]:
         self._call("read_gpus")
         return self.gpus
 

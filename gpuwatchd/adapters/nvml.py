@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import pynvml
 
-from gpuwatchd.model.events import GpuInfo, GpuSnapshot, NvmlUnavailable
+from gpuwatchd.model.events import Gpu, GpuSnapshot, NvmlUnavailable
 from gpuwatchd.model.events import NvmlFailure as NvmlFailureKind
 
 T = TypeVar("T")
@@ -46,19 +46,11 @@ class NvmlFailure(Exception):
 
 
 @dataclass(frozen=True)
-class GpuState:
-    index: int
-    uuid: str
-    name: str
-    persistence: bool
-
-
-@dataclass(frozen=True)
 class HostInfo:
     driver_version: str
     nvml_version: str
     cuda_version: int
-    gpus: tuple[GpuState, ...]
+    gpus: tuple[Gpu, ...]
 
 
 def _text(value: bytes | str) -> str:
@@ -97,7 +89,7 @@ class Nvml:
             except pynvml.NVMLError as exc:
                 raise _failure(exc) from exc
 
-    def read_gpus(self) -> tuple[GpuState, ...]:
+    def read_gpus(self) -> tuple[Gpu, ...]:
         """Every GPU's index, UUID, name and persistence mode.
 
         Raises:
@@ -133,12 +125,12 @@ class Nvml:
         self._call(apply)
 
     @staticmethod
-    def _read_gpus() -> tuple[GpuState, ...]:
+    def _read_gpus() -> tuple[Gpu, ...]:
         gpus = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             gpus.append(
-                GpuState(
+                Gpu(
                     index=index,
                     uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
                     name=_text(pynvml.nvmlDeviceGetName(handle)),
@@ -150,7 +142,7 @@ class Nvml:
         return tuple(gpus)
 
 
-def gpu_reading(read_gpus: Callable[[], tuple[GpuState, ...]]) -> GpuSnapshot | NvmlUnavailable:
+def gpu_reading(read_gpus: Callable[[], tuple[Gpu, ...]]) -> GpuSnapshot | NvmlUnavailable:
     """One reading of the host's GPUs as the core's event (blocking): every GPU,
     or why NVML could not be read."""
     try:
@@ -159,4 +151,4 @@ def gpu_reading(read_gpus: Callable[[], tuple[GpuState, ...]]) -> GpuSnapshot | 
         reason = (NvmlFailureKind(exc.kind) if exc.kind in NvmlFailureKind.__members__.values()
                   else NvmlFailureKind.UNKNOWN)
         return NvmlUnavailable(reason, str(exc))
-    return GpuSnapshot(tuple(GpuInfo(g.index, g.uuid, g.name, g.persistence) for g in gpus))
+    return GpuSnapshot(gpus)

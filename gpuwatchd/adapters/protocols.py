@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 from gpuwatchd.adapters import device_check
 from gpuwatchd.adapters.docker_engine import ContainerInfo, EngineVersion, ExecOutcome
-from gpuwatchd.adapters.nvml import GpuState
 from gpuwatchd.core.device_access import AccessCheck
+from gpuwatchd.model.events import Gpu
 
 
 class Stream(Protocol):
@@ -69,7 +69,7 @@ class NvmlPort(Protocol):
     """The host's NVML (:class:`~gpuwatchd.adapters.nvml.Nvml`); calls raise
     :class:`~gpuwatchd.adapters.nvml.NvmlFailure`."""
 
-    def read_gpus(self) -> tuple[GpuState, ...]: ...
+    def read_gpus(self) -> tuple[Gpu, ...]: ...
 
     def set_persistence(self, index: int, enabled: bool = True) -> None: ...
 

@@ -13,6 +13,9 @@ from gpuwatchd.model.vocabulary import Cause, ProbeResult
 
 @dataclass(frozen=True)
 class GpuView:
+    """A :class:`~gpuwatchd.model.events.Gpu` as the status view shows it: its
+    fields plus when it was last read and last seen with persistence off."""
+
     index: int
     uuid: str
     name: str

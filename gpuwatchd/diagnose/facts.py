@@ -41,7 +41,6 @@ from gpuwatchd.diagnose.data import (
     ContainerFacts,
     DockerFacts,
     Facts,
-    GpuFact,
     HistoryFacts,
     HostFacts,
     LogFacts,
@@ -178,8 +177,7 @@ def nvml_facts() -> NvmlFacts:
         info = Nvml().host_info()
     except NvmlFailure as exc:
         return NvmlFacts(failure=exc.kind, error=str(exc))
-    gpus = tuple(GpuFact(g.index, g.uuid, g.name, g.persistence) for g in info.gpus)
-    return NvmlFacts(driver_version=info.driver_version, gpus=gpus)
+    return NvmlFacts(driver_version=info.driver_version, gpus=info.gpus)
 
 
 def docker_facts(gateway: DockerGateway) -> DockerFacts:
