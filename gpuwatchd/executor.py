@@ -19,8 +19,7 @@ from collections.abc import Callable
 import docker.errors
 
 from gpuwatchd.adapters.docker_engine import ContainerInfo, DockerUnavailable, one_line
-from gpuwatchd.adapters.nvml import NvmlFailure as NvmlError
-from gpuwatchd.adapters.nvml import gpu_reading
+from gpuwatchd.adapters.nvml import NvmlError, gpu_reading
 from gpuwatchd.adapters.protocols import DockerPort, HostPort, NvmlPort
 from gpuwatchd.adapters.state_file import save_state, state_path
 from gpuwatchd.config import Config

@@ -17,8 +17,7 @@ from typing import TypeVar
 
 import pynvml
 
-from gpuwatchd.model.events import Gpu, GpuSnapshot, NvmlUnavailable
-from gpuwatchd.model.events import NvmlFailure as NvmlFailureKind
+from gpuwatchd.model.events import Gpu, GpuSnapshot, NvmlFailure, NvmlUnavailable
 
 T = TypeVar("T")
 
@@ -32,7 +31,7 @@ _KINDS = {
 }
 
 
-class NvmlFailure(Exception):
+class NvmlError(Exception):
     """An NVML call failed; ``kind`` names the condition for records and causes.
 
     ``kind`` is one of driver_not_loaded, version_mismatch, gpu_lost,
@@ -57,10 +56,10 @@ def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def _failure(exc: pynvml.NVMLError) -> NvmlFailure:
+def _error(exc: pynvml.NVMLError) -> NvmlError:
     code = getattr(exc, "value", None)
     kind = _KINDS.get(code, "unknown") if isinstance(code, int) else "unknown"
-    return NvmlFailure(kind, str(exc), code if isinstance(code, int) else None)
+    return NvmlError(kind, str(exc), code if isinstance(code, int) else None)
 
 
 class Nvml:
@@ -74,7 +73,7 @@ class Nvml:
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:
-            raise _failure(exc) from exc
+            raise _error(exc) from exc
         try:
             yield
         finally:
@@ -87,13 +86,13 @@ class Nvml:
             try:
                 return fn()
             except pynvml.NVMLError as exc:
-                raise _failure(exc) from exc
+                raise _error(exc) from exc
 
     def read_gpus(self) -> tuple[Gpu, ...]:
         """Every GPU's index, UUID, name and persistence mode.
 
         Raises:
-            NvmlFailure: NVML could not be loaded or initialised, or a query failed.
+            NvmlError: NVML could not be loaded or initialised, or a query failed.
         """
         return self._call(self._read_gpus)
 
@@ -114,7 +113,7 @@ class Nvml:
         """Set one GPU's persistence mode (what ``nvidia-smi -i N -pm 1`` does).
 
         Raises:
-            NvmlFailure: with kind ``no_permission`` when not run as root.
+            NvmlError: with kind ``no_permission`` when not run as root.
         """
 
         def apply() -> None:
@@ -147,8 +146,8 @@ def gpu_reading(read_gpus: Callable[[], tuple[Gpu, ...]]) -> GpuSnapshot | NvmlU
     or why NVML could not be read."""
     try:
         gpus = read_gpus()
-    except NvmlFailure as exc:
-        reason = (NvmlFailureKind(exc.kind) if exc.kind in NvmlFailureKind.__members__.values()
-                  else NvmlFailureKind.UNKNOWN)
+    except NvmlError as exc:
+        reason = (NvmlFailure(exc.kind) if exc.kind in NvmlFailure.__members__.values()
+                  else NvmlFailure.UNKNOWN)
         return NvmlUnavailable(reason, str(exc))
     return GpuSnapshot(gpus)

@@ -67,7 +67,7 @@ class DockerPort(Protocol):
 
 class NvmlPort(Protocol):
     """The host's NVML (:class:`~gpuwatchd.adapters.nvml.Nvml`); calls raise
-    :class:`~gpuwatchd.adapters.nvml.NvmlFailure`."""
+    :class:`~gpuwatchd.adapters.nvml.NvmlError`."""
 
     def read_gpus(self) -> tuple[Gpu, ...]: ...
 

@@ -170,12 +170,12 @@ def library_version(root: Path) -> str | None:
 def nvml_facts() -> NvmlFacts:
     """The host's NVML (through :class:`gpuwatchd.adapters.nvml.Nvml`), or why it failed."""
     try:
-        from gpuwatchd.adapters.nvml import Nvml, NvmlFailure
+        from gpuwatchd.adapters.nvml import Nvml, NvmlError
     except ImportError as exc:  # pynvml missing: as good as no library
         return NvmlFacts(failure="library_missing", error=str(exc))
     try:
         info = Nvml().host_info()
-    except NvmlFailure as exc:
+    except NvmlError as exc:
         return NvmlFacts(failure=exc.kind, error=str(exc))
     return NvmlFacts(driver_version=info.driver_version, gpus=info.gpus)
 

@@ -11,7 +11,7 @@ import pytest
 
 from gpuwatchd.adapters.docker_engine import DockerUnavailable, ExecOutcome
 from gpuwatchd.adapters.fakes import FakeDocker, FakeHost, FakeNvml
-from gpuwatchd.adapters.nvml import NvmlFailure
+from gpuwatchd.adapters.nvml import NvmlError
 from gpuwatchd.adapters.state_file import PersistedState, state_path
 from gpuwatchd.config import Config, DaemonConfig
 from gpuwatchd.core.classify import classify_probe
@@ -25,6 +25,7 @@ from gpuwatchd.model.events import (
     Emit,
     Gpu,
     GpuSnapshot,
+    NvmlFailure,
     NvmlUnavailable,
     PersistenceSetFinished,
     ProbeFinished,
@@ -37,7 +38,6 @@ from gpuwatchd.model.events import (
     ScheduleWakeup,
     SetPersistence,
 )
-from gpuwatchd.model.events import NvmlFailure as NvmlFailureKind
 from gpuwatchd.model.records import make_record
 from gpuwatchd.model.vocabulary import ProbeResult
 from gpuwatchd.runtime import Runtime
@@ -109,9 +109,9 @@ async def test_a_gpu_fault_with_nvml_down_puts_nvml_unavailable_before_the_resul
     world: World,
 ) -> None:
     world.docker.probe = ExecOutcome(1, FAULT_OUTPUT)
-    world.nvml.fail["read_gpus"] = NvmlFailure("driver_not_loaded", "Driver Not Loaded")
+    world.nvml.fail["read_gpus"] = NvmlError("driver_not_loaded", "Driver Not Loaded")
     reading, finished = await world.run(probe())
-    assert reading == NvmlUnavailable(NvmlFailureKind.DRIVER_NOT_LOADED, "Driver Not Loaded")
+    assert reading == NvmlUnavailable(NvmlFailure.DRIVER_NOT_LOADED, "Driver Not Loaded")
     assert isinstance(finished, ProbeFinished)
 
 
@@ -137,7 +137,7 @@ async def test_a_probe_that_raises_anything_still_ends_and_is_recorded(world: Wo
 
 
 async def test_persistence_is_set_per_gpu_and_each_failure_is_its_own(world: World) -> None:
-    world.nvml.fail["set_persistence"] = NvmlFailure("no_permission", "Insufficient Permissions")
+    world.nvml.fail["set_persistence"] = NvmlError("no_permission", "Insufficient Permissions")
     world.nvml.once.add("set_persistence")
     finished, reading = await world.run(SetPersistence((1, 0)))
     assert world.nvml.called("set_persistence") == [(1, True), (0, True)]
