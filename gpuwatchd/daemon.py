@@ -159,7 +159,7 @@ class Daemon:
         self._notifier = Notifier(lambda: self.config.notify, record)
         self.record_listeners.append(self._notifier.on_record)
         listen = config.metrics.listen
-        metrics = await start_metrics(listen, self.status_document, record) if listen else None
+        metrics = await start_metrics(listen, self.status.view, record) if listen else None
         if metrics is not None:
             self.record_listeners.append(metrics.on_record)
             self.runtime.spawn(metrics.refresh_forever(), "metrics")

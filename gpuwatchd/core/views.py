@@ -59,6 +59,18 @@ class CoreView:
         return {k: _plain(v) for k, v in asdict(self).items()}
 
 
+@dataclass(frozen=True)
+class DaemonView:
+    """The running daemon as metrics read it: the core's view plus the few
+    fields only the daemon knows. ``None`` availability: not known yet."""
+
+    uptime: float  #: seconds since the daemon started, when the view was taken
+    dry_run: bool  #: as configured
+    docker_available: bool | None
+    nvml_available: bool | None
+    core: CoreView
+
+
 def _plain(value: object) -> object:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
