@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import docker.errors
 
-from gpuwatchd.adapters.docker_engine import ContainerInfo, DockerUnavailable, one_line
+from gpuwatchd.adapters.docker_engine import ContainerInfo, DockerUnavailable
 from gpuwatchd.adapters.nvml import NvmlError, gpu_reading
 from gpuwatchd.adapters.protocols import DockerPort, HostPort, NvmlPort
 from gpuwatchd.adapters.state_file import save_state, state_path
@@ -44,6 +44,7 @@ from gpuwatchd.model.events import (
 from gpuwatchd.model.records import make_record
 from gpuwatchd.model.vocabulary import ProbeResult
 from gpuwatchd.runtime import Runtime, container_ref, container_state
+from gpuwatchd.text import one_line
 
 #: Probes running at once; more wait their turn (a storm must not fork-bomb the host).
 MAX_CONCURRENT_PROBES = 8

@@ -24,6 +24,7 @@ import requests.exceptions
 
 from gpuwatchd.model.container import GPU_CDI, GPU_DEVICE, GPU_LEGACY_HOOK, GPU_NVIDIA_RUNTIME
 from gpuwatchd.model.container import ContainerInfo as ContainerInfo
+from gpuwatchd.text import one_line
 
 #: Major number of the NVIDIA character devices (/dev/nvidia0.., /dev/nvidiactl).
 NVIDIA_MAJOR = 195
@@ -638,9 +639,3 @@ def _pid_in_container(pid: int, container_id: str, proc: Path = Path("/proc")) -
         return container_id in (proc / str(pid) / "cgroup").read_text()
     except OSError:
         return False
-
-
-def one_line(value: object) -> str:
-    """An error or a text as one line: Docker's own explanation when it has one."""
-    text = str(getattr(value, "explanation", None) or value).strip()
-    return " ".join(text.split()) or type(value).__name__

@@ -13,6 +13,8 @@ import os
 import socket
 import time
 
+from gpuwatchd.text import one_line
+
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
 
 
@@ -83,7 +85,7 @@ def watchdog_interval() -> float | None:
 def _with_status(state: str | None, status_text: str | None) -> str:
     lines = [state] if state else []
     if status_text is not None:
-        lines.append("STATUS=" + " ".join(status_text.split()))
+        lines.append("STATUS=" + one_line(status_text))
     return "\n".join(lines)
 
 

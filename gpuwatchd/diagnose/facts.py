@@ -30,7 +30,6 @@ from gpuwatchd.adapters.docker_engine import (
     DockerUnavailable,
     container_info,
     gpu_methods,
-    one_line,
     parse_docker_time,
 )
 from gpuwatchd.adapters.journal_query import last_reload, open_journal
@@ -51,6 +50,7 @@ from gpuwatchd.diagnose.data import (
 from gpuwatchd.diagnose.verdict import START_MARGIN
 from gpuwatchd.model.state import MAX_HISTORY, HistoryEntry, PersistedState
 from gpuwatchd.patterns import first_match
+from gpuwatchd.text import one_line, text_or_none
 
 PERSISTENCED = "nvidia-persistenced"
 #: How far back the logs are read, and at most how many lines.
@@ -190,14 +190,10 @@ def docker_facts(gateway: DockerGateway) -> DockerFacts:
     return DockerFacts(
         engine=engine.name,
         engine_version=engine.version,
-        cgroup_driver=_str_or_none(info.get("CgroupDriver")),
-        cgroup_version=_str_or_none(info.get("CgroupVersion")),
-        default_runtime=_str_or_none(info.get("DefaultRuntime")),
+        cgroup_driver=text_or_none(info.get("CgroupDriver")),
+        cgroup_version=text_or_none(info.get("CgroupVersion")),
+        default_runtime=text_or_none(info.get("DefaultRuntime")),
     )
-
-
-def _str_or_none(value: object) -> str | None:
-    return None if value in (None, "") else str(value)
 
 
 # --------------------------------------------------------------------------
