@@ -285,7 +285,10 @@ class Daemon:
         while True:
             if interval is None or self.alive():
                 line = self.status.line()
-                sdnotify.notify(f"WATCHDOG=1\nSTATUS={line}" if interval else f"STATUS={line}")
+                if interval:
+                    sdnotify.watchdog_ping(line)
+                else:
+                    sdnotify.status(line)
             await asyncio.sleep(period)
 
     def alive(self) -> bool:

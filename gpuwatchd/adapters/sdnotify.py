@@ -60,9 +60,10 @@ def status(text: str) -> bool:
     return notify(_with_status(None, text))
 
 
-def watchdog_ping() -> bool:
-    """``WATCHDOG=1``: send only while the event loop and every observer are alive."""
-    return notify("WATCHDOG=1")
+def watchdog_ping(status_text: str | None = None) -> bool:
+    """``WATCHDOG=1``, with ``STATUS=<status_text>`` when given: send only while
+    the event loop and every observer are alive."""
+    return notify(_with_status("WATCHDOG=1", status_text))
 
 
 def watchdog_interval() -> float | None:

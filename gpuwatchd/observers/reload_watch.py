@@ -42,11 +42,6 @@ class ReloadWatcher:
         self._path = path
         self._reader: Any = None
 
-    @property
-    def is_open(self) -> bool:
-        """True between a successful :meth:`open` and :meth:`close`."""
-        return self._reader is not None
-
     def open(self) -> None:
         """Start following at the journal's current end; earlier reloads are ignored.
 
