@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from gpuwatchd.adapters.docker_engine import ContainerInfo, EngineVersion, ExecOutcome
+from gpuwatchd.adapters.docker_engine import ContainerInfo, ExecOutcome
 from gpuwatchd.adapters.protocols import DockerPort, HostPort, NvmlPort
 from gpuwatchd.core.device_access import Access, AccessCheck
+from gpuwatchd.core.docker_inspect import EngineVersion
 from gpuwatchd.model.events import Gpu
 
 

@@ -12,8 +12,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from gpuwatchd.adapters import device_check
-from gpuwatchd.adapters.docker_engine import ContainerInfo, EngineVersion, ExecOutcome
+from gpuwatchd.adapters.docker_engine import ContainerInfo, ExecOutcome
 from gpuwatchd.core.device_access import AccessCheck
+from gpuwatchd.core.docker_inspect import EngineVersion
 from gpuwatchd.model.events import Gpu
 
 

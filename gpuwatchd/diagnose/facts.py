@@ -28,14 +28,12 @@ from gpuwatchd.adapters.docker_engine import (
     ContainerInfo,
     DockerGateway,
     DockerUnavailable,
-    container_info,
-    gpu_methods,
-    parse_docker_time,
 )
 from gpuwatchd.adapters.journal_query import last_reload, open_journal
 from gpuwatchd.adapters.state_file import read_state_file, state_path
 from gpuwatchd.config import Config
 from gpuwatchd.core.classify import classify_probe, summarize_output
+from gpuwatchd.core.docker_inspect import container_info, gpu_methods, parse_docker_time
 from gpuwatchd.diagnose.data import (
     ContainerFacts,
     DockerFacts,
