@@ -368,10 +368,6 @@ class _Stream:
         with contextlib.suppress(Exception):
             self._raw.close()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
 
 class _Closable(Protocol):
     def close(self) -> None: ...

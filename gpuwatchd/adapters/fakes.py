@@ -59,10 +59,6 @@ class FakeStream:
         self._closed.set()
         self._items.put(None)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
-
     def __iter__(self) -> Iterator[Any]:
         while not self._closed.is_set():
             item = self._items.get()

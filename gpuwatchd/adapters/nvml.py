@@ -38,10 +38,9 @@ class NvmlError(Exception):
     library_missing, no_permission or unknown.
     """
 
-    def __init__(self, kind: str, message: str, code: int | None = None) -> None:
+    def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def _text(value: bytes | str) -> str:
 def _error(exc: pynvml.NVMLError) -> NvmlError:
     code = getattr(exc, "value", None)
     kind = _KINDS.get(code, "unknown") if isinstance(code, int) else "unknown"
-    return NvmlError(kind, str(exc), code if isinstance(code, int) else None)
+    return NvmlError(kind, str(exc))
 
 
 class Nvml:

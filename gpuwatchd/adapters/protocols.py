@@ -23,9 +23,6 @@ class Stream(Protocol):
 
     def close(self) -> None: ...
 
-    @property
-    def closed(self) -> bool: ...
-
 
 class EventStreamPort(Stream, Protocol):
     def __iter__(self) -> Iterator[dict[str, Any]]: ...
