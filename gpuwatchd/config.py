@@ -200,7 +200,7 @@ _ONE_LINE = str.maketrans(
 )
 
 
-def _one_line(text: str) -> str:
+def _escape_line_breaks(text: str) -> str:
     """``text`` with every line break escaped, so it prints as exactly one line."""
     return text.translate(_ONE_LINE)
 
@@ -225,7 +225,7 @@ class ConfigError(Exception):
         if self.key:
             parts.append(self.key)
         parts.append(self.problem)
-        return _one_line(": ".join(parts))
+        return _escape_line_breaks(": ".join(parts))
 
 
 class _Invalid(Exception):
@@ -288,7 +288,7 @@ def _show(value: object) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        shown = _one_line(json.dumps(value[:80], ensure_ascii=False))
+        shown = _escape_line_breaks(json.dumps(value[:80], ensure_ascii=False))
         return shown + ("…" if len(value) > 80 else "")
     name = _type_name(value)
     return ("an " if name[0] in "aeiou" else "a ") + name
@@ -935,7 +935,7 @@ def render_effective(config: Config, *, ascii_only: bool = False) -> str:
                 # A comment may hold no control character at all (TOML).
                 text = "".join(
                     f"\\x{ord(c):02x}" if ord(c) < 0x20 or ord(c) == 0x7F else c
-                    for c in _one_line(line)
+                    for c in _escape_line_breaks(line)
                 )
                 if ascii_only:
                     text = text.encode("ascii", "backslashreplace").decode("ascii")

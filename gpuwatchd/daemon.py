@@ -159,7 +159,7 @@ class Daemon:
         self._notifier = Notifier(lambda: self.config.notify, record)
         self.record_listeners.append(self._notifier.on_record)
         listen = config.metrics.listen
-        metrics = await start_metrics(listen, self.status_document, record) if listen else None
+        metrics = await start_metrics(listen, self.status.view, record) if listen else None
         if metrics is not None:
             self.record_listeners.append(metrics.on_record)
             self.runtime.spawn(metrics.refresh_forever(), "metrics")
@@ -287,7 +287,10 @@ class Daemon:
         while True:
             if interval is None or self.alive():
                 line = self.status.line()
-                sdnotify.notify(f"WATCHDOG=1\nSTATUS={line}" if interval else f"STATUS={line}")
+                if interval:
+                    sdnotify.watchdog_ping(line)
+                else:
+                    sdnotify.status(line)
             await asyncio.sleep(period)
 
     def alive(self) -> bool:

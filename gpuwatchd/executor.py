@@ -18,9 +18,8 @@ from collections.abc import Callable
 
 import docker.errors
 
-from gpuwatchd.adapters.docker_engine import ContainerInfo, DockerUnavailable, one_line
-from gpuwatchd.adapters.nvml import NvmlFailure as NvmlError
-from gpuwatchd.adapters.nvml import gpu_reading
+from gpuwatchd.adapters.docker_engine import ContainerInfo, DockerUnavailable
+from gpuwatchd.adapters.nvml import NvmlError, gpu_reading
 from gpuwatchd.adapters.protocols import DockerPort, HostPort, NvmlPort
 from gpuwatchd.adapters.state_file import save_state, state_path
 from gpuwatchd.config import Config
@@ -30,7 +29,7 @@ from gpuwatchd.model.events import (
     ContainerState,
     DeadlineReached,
     Emit,
-    GpuInfo,
+    Gpu,
     PersistenceSetFinished,
     PersistenceSetResult,
     ProbeFinished,
@@ -45,6 +44,7 @@ from gpuwatchd.model.events import (
 from gpuwatchd.model.records import make_record
 from gpuwatchd.model.vocabulary import ProbeResult
 from gpuwatchd.runtime import Runtime, container_ref, container_state
+from gpuwatchd.text import one_line
 
 #: Probes running at once; more wait their turn (a storm must not fork-bomb the host).
 MAX_CONCURRENT_PROBES = 8
@@ -62,7 +62,7 @@ class Executor:
 
     def __init__(self, runtime: Runtime, gateway: DockerPort, nvml: NvmlPort, host: HostPort,
                  config: Callable[[], Config],
-                 gpus: Callable[[], tuple[GpuInfo, ...]] = tuple) -> None:
+                 gpus: Callable[[], tuple[Gpu, ...]] = tuple) -> None:
         self._runtime = runtime
         self._gateway = gateway
         self._nvml = nvml

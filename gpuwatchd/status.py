@@ -1,5 +1,5 @@
 """What the running daemon shows of itself: the STATUS= line, the status
-document the control socket and metrics serve, and the history.
+document the control socket serves, the typed view metrics read, and the history.
 
 Built from the core's snapshot and what the observers last reported; read
 on the event loop, never blocking.
@@ -15,8 +15,9 @@ from typing import Any
 from gpuwatchd import __version__
 from gpuwatchd.config import Config
 from gpuwatchd.core.machine import Core
+from gpuwatchd.core.views import DaemonView
 from gpuwatchd.core.watchset import control_target
-from gpuwatchd.model.events import Event, GpuInfo, GpuSnapshot, NvmlUnavailable
+from gpuwatchd.model.events import Event, Gpu, GpuSnapshot, NvmlUnavailable
 from gpuwatchd.observers.watch_set import WatchSet
 from gpuwatchd.runtime import Runtime
 
@@ -31,7 +32,7 @@ class DaemonStatus:
         self._watch_set = watch_set
         self.started_at = time.time()
         self.core: Core | None = None
-        self.gpus: tuple[GpuInfo, ...] = ()  #: from the last GPU reading
+        self.gpus: tuple[Gpu, ...] = ()  #: from the last GPU reading
         self.nvml_ok: bool | None = None  #: whether the last GPU reading worked
 
     def saw(self, event: Event) -> None:
@@ -58,22 +59,32 @@ class DaemonStatus:
             parts.append("dry run")
         return ", ".join(parts)
 
-    def document(self) -> dict[str, Any]:
-        """What ``gpuwatchd status`` shows, as plain JSON data."""
+    def view(self) -> DaemonView:
+        """The daemon and the core as typed data (what metrics read)."""
         assert self.core is not None
-        config = self._config()
         now = time.time()
-        snap = self.core.snapshot(now)
+        return DaemonView(
+            uptime=round(now - self.started_at, 3),
+            dry_run=self._config().daemon.dry_run,
+            docker_available=self._runtime.docker_ok,
+            nvml_available=self.nvml_ok,
+            core=self.core.snapshot(now),
+        )
+
+    def document(self) -> dict[str, Any]:
+        """What ``gpuwatchd status`` shows, as plain JSON data: :meth:`view`
+        plus the version, the pid, the engine and the STATUS= line."""
+        view = self.view()
         return {
             "version": __version__,
             "pid": os.getpid(),
-            "uptime": round(now - self.started_at, 3),
-            "dry_run": config.daemon.dry_run,
-            "docker_available": self._runtime.docker_ok,
-            "engine": self._engine_json(config),
-            "nvml_available": self.nvml_ok,
+            "uptime": view.uptime,
+            "dry_run": view.dry_run,
+            "docker_available": view.docker_available,
+            "engine": self._engine_json(self._config()),
+            "nvml_available": view.nvml_available,
             "status": self.line(),
-            "core": snap.to_json(),
+            "core": view.core.to_json(),
         }
 
     def _engine_json(self, config: Config) -> dict[str, str] | None:

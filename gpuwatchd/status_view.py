@@ -35,9 +35,7 @@ def format_when(at: float | None, now: float) -> str:
     """``12s ago (14:03:07)``; local wall-clock time, with the date when not today."""
     if at is None:
         return "never"
-    when = datetime.fromtimestamp(at)
-    today = datetime.fromtimestamp(now).date()
-    clock = when.strftime("%H:%M:%S") if when.date() == today else when.strftime("%Y-%m-%d %H:%M")
+    clock = _clock(at, now)
     delta = now - at
     if delta >= 0:
         return f"{format_age(delta)} ago ({clock})"
@@ -48,10 +46,15 @@ def format_until(until: float | None, now: float) -> str:
     """``until 15:00:00 (56m 53s left)``, or ``until resumed`` when it has no end."""
     if until is None:
         return "until resumed"
-    when = datetime.fromtimestamp(until)
-    same_day = when.date() == datetime.fromtimestamp(now).date()
-    clock = when.strftime("%H:%M:%S") if same_day else when.strftime("%Y-%m-%d %H:%M")
-    return f"until {clock} ({format_age(until - now)} left)"
+    return f"until {_clock(until, now)} ({format_age(until - now)} left)"
+
+
+def _clock(at: float, now: float) -> str:
+    """``at`` as local wall-clock time; with the date when not on ``now``'s day."""
+    when = datetime.fromtimestamp(at)
+    if when.date() == datetime.fromtimestamp(now).date():
+        return when.strftime("%H:%M:%S")
+    return when.strftime("%Y-%m-%d %H:%M")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
-from gpuwatchd.adapters.docker_engine import ContainerInfo, EngineVersion, ExecOutcome
-from gpuwatchd.adapters.nvml import GpuState
+from gpuwatchd.adapters.docker_engine import ContainerInfo, ExecOutcome
 from gpuwatchd.adapters.protocols import DockerPort, HostPort, NvmlPort
 from gpuwatchd.core.device_access import Access, AccessCheck
+from gpuwatchd.core.docker_inspect import EngineVersion
+from gpuwatchd.model.events import Gpu
 
 
 class _Calls:
@@ -57,10 +58,6 @@ class FakeStream:
     def close(self) -> None:
         self._closed.set()
         self._items.put(None)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
 
     def __iter__(self) -> Iterator[Any]:
         while not self._closed.is_set():
@@ -127,11 +124,11 @@ class FakeDocker(_Calls):
 class FakeNvml(_Calls):
     """A driver with ``gpus``; ``set_persistence`` changes the GPU it names."""
 
-    def __init__(self, *gpus: GpuState) -> None:
+    def __init__(self, *gpus: Gpu) -> None:
         super().__init__()
         self.gpus = tuple(gpus)
 
-    def read_gpus(self) -> tuple[GpuState, ...]:
+    def read_gpus(self) -> tuple[Gpu, ...]:
         self._call("read_gpus")
         return self.gpus
 

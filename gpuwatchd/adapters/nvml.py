@@ -17,8 +17,7 @@ from typing import TypeVar
 
 import pynvml
 
-from gpuwatchd.model.events import GpuInfo, GpuSnapshot, NvmlUnavailable
-from gpuwatchd.model.events import NvmlFailure as NvmlFailureKind
+from gpuwatchd.model.events import Gpu, GpuSnapshot, NvmlFailure, NvmlUnavailable
 
 T = TypeVar("T")
 
@@ -32,25 +31,16 @@ _KINDS = {
 }
 
 
-class NvmlFailure(Exception):
+class NvmlError(Exception):
     """An NVML call failed; ``kind`` names the condition for records and causes.
 
     ``kind`` is one of driver_not_loaded, version_mismatch, gpu_lost,
     library_missing, no_permission or unknown.
     """
 
-    def __init__(self, kind: str, message: str, code: int | None = None) -> None:
+    def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-        self.code = code
-
-
-@dataclass(frozen=True)
-class GpuState:
-    index: int
-    uuid: str
-    name: str
-    persistence: bool
 
 
 @dataclass(frozen=True)
@@ -58,17 +48,17 @@ class HostInfo:
     driver_version: str
     nvml_version: str
     cuda_version: int
-    gpus: tuple[GpuState, ...]
+    gpus: tuple[Gpu, ...]
 
 
 def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def _failure(exc: pynvml.NVMLError) -> NvmlFailure:
+def _error(exc: pynvml.NVMLError) -> NvmlError:
     code = getattr(exc, "value", None)
     kind = _KINDS.get(code, "unknown") if isinstance(code, int) else "unknown"
-    return NvmlFailure(kind, str(exc), code if isinstance(code, int) else None)
+    return NvmlError(kind, str(exc))
 
 
 class Nvml:
@@ -82,7 +72,7 @@ class Nvml:
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:
-            raise _failure(exc) from exc
+            raise _error(exc) from exc
         try:
             yield
         finally:
@@ -95,13 +85,13 @@ class Nvml:
             try:
                 return fn()
             except pynvml.NVMLError as exc:
-                raise _failure(exc) from exc
+                raise _error(exc) from exc
 
-    def read_gpus(self) -> tuple[GpuState, ...]:
+    def read_gpus(self) -> tuple[Gpu, ...]:
         """Every GPU's index, UUID, name and persistence mode.
 
         Raises:
-            NvmlFailure: NVML could not be loaded or initialised, or a query failed.
+            NvmlError: NVML could not be loaded or initialised, or a query failed.
         """
         return self._call(self._read_gpus)
 
@@ -122,7 +112,7 @@ class Nvml:
         """Set one GPU's persistence mode (what ``nvidia-smi -i N -pm 1`` does).
 
         Raises:
-            NvmlFailure: with kind ``no_permission`` when not run as root.
+            NvmlError: with kind ``no_permission`` when not run as root.
         """
 
         def apply() -> None:
@@ -133,12 +123,12 @@ class Nvml:
         self._call(apply)
 
     @staticmethod
-    def _read_gpus() -> tuple[GpuState, ...]:
+    def _read_gpus() -> tuple[Gpu, ...]:
         gpus = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             gpus.append(
-                GpuState(
+                Gpu(
                     index=index,
                     uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
                     name=_text(pynvml.nvmlDeviceGetName(handle)),
@@ -150,13 +140,13 @@ class Nvml:
         return tuple(gpus)
 
 
-def gpu_reading(read_gpus: Callable[[], tuple[GpuState, ...]]) -> GpuSnapshot | NvmlUnavailable:
+def gpu_reading(read_gpus: Callable[[], tuple[Gpu, ...]]) -> GpuSnapshot | NvmlUnavailable:
     """One reading of the host's GPUs as the core's event (blocking): every GPU,
     or why NVML could not be read."""
     try:
         gpus = read_gpus()
-    except NvmlFailure as exc:
-        reason = (NvmlFailureKind(exc.kind) if exc.kind in NvmlFailureKind.__members__.values()
-                  else NvmlFailureKind.UNKNOWN)
+    except NvmlError as exc:
+        reason = (NvmlFailure(exc.kind) if exc.kind in NvmlFailure.__members__.values()
+                  else NvmlFailure.UNKNOWN)
         return NvmlUnavailable(reason, str(exc))
-    return GpuSnapshot(tuple(GpuInfo(g.index, g.uuid, g.name, g.persistence) for g in gpus))
+    return GpuSnapshot(gpus)

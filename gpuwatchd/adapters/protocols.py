@@ -12,18 +12,16 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from gpuwatchd.adapters import device_check
-from gpuwatchd.adapters.docker_engine import ContainerInfo, EngineVersion, ExecOutcome
-from gpuwatchd.adapters.nvml import GpuState
+from gpuwatchd.adapters.docker_engine import ContainerInfo, ExecOutcome
 from gpuwatchd.core.device_access import AccessCheck
+from gpuwatchd.core.docker_inspect import EngineVersion
+from gpuwatchd.model.events import Gpu
 
 
 class Stream(Protocol):
     """A long-lived engine stream: iterate on one thread, close from another."""
 
     def close(self) -> None: ...
-
-    @property
-    def closed(self) -> bool: ...
 
 
 class EventStreamPort(Stream, Protocol):
@@ -67,9 +65,9 @@ class DockerPort(Protocol):
 
 class NvmlPort(Protocol):
     """The host's NVML (:class:`~gpuwatchd.adapters.nvml.Nvml`); calls raise
-    :class:`~gpuwatchd.adapters.nvml.NvmlFailure`."""
+    :class:`~gpuwatchd.adapters.nvml.NvmlError`."""
 
-    def read_gpus(self) -> tuple[GpuState, ...]: ...
+    def read_gpus(self) -> tuple[Gpu, ...]: ...
 
     def set_persistence(self, index: int, enabled: bool = True) -> None: ...
 

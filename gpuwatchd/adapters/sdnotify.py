@@ -13,6 +13,8 @@ import os
 import socket
 import time
 
+from gpuwatchd.text import one_line
+
 NOTIFY_SOCKET = "NOTIFY_SOCKET"
 
 
@@ -58,9 +60,10 @@ def status(text: str) -> bool:
     return notify(_with_status(None, text))
 
 
-def watchdog_ping() -> bool:
-    """``WATCHDOG=1``: send only while the event loop and every observer are alive."""
-    return notify("WATCHDOG=1")
+def watchdog_ping(status_text: str | None = None) -> bool:
+    """``WATCHDOG=1``, with ``STATUS=<status_text>`` when given: send only while
+    the event loop and every observer are alive."""
+    return notify(_with_status("WATCHDOG=1", status_text))
 
 
 def watchdog_interval() -> float | None:
@@ -83,7 +86,7 @@ def watchdog_interval() -> float | None:
 def _with_status(state: str | None, status_text: str | None) -> str:
     lines = [state] if state else []
     if status_text is not None:
-        lines.append("STATUS=" + " ".join(status_text.split()))
+        lines.append("STATUS=" + one_line(status_text))
     return "\n".join(lines)
 
 

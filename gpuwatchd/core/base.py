@@ -19,7 +19,7 @@ from gpuwatchd.model.events import (
     DeadlineKind,
     DeadlineReached,
     Emit,
-    GpuInfo,
+    Gpu,
     NvmlFailure,
     ProbePurpose,
     RunProbe,
@@ -66,7 +66,7 @@ class Phase(StrEnum):
 
 @dataclass
 class TrackedGpu:
-    info: GpuInfo
+    info: Gpu
     persistence: bool  #: as last seen, or True once gpuwatchd set it
     last_checked: float
 

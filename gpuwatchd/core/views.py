@@ -13,6 +13,9 @@ from gpuwatchd.model.vocabulary import Cause, ProbeResult
 
 @dataclass(frozen=True)
 class GpuView:
+    """A :class:`~gpuwatchd.model.events.Gpu` as the status view shows it: its
+    fields plus when it was last read and last seen with persistence off."""
+
     index: int
     uuid: str
     name: str
@@ -54,6 +57,18 @@ class CoreView:
     def to_json(self) -> dict[str, Any]:
         """This view as plain JSON-ready data (enums as their values)."""
         return {k: _plain(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class DaemonView:
+    """The running daemon as metrics read it: the core's view plus the few
+    fields only the daemon knows. ``None`` availability: not known yet."""
+
+    uptime: float  #: seconds since the daemon started, when the view was taken
+    dry_run: bool  #: as configured
+    docker_available: bool | None
+    nvml_available: bool | None
+    core: CoreView
 
 
 def _plain(value: object) -> object:

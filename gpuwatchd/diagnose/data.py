@@ -14,6 +14,7 @@ from typing import Any
 from gpuwatchd.compat import StrEnum
 from gpuwatchd.core.device_access import AccessCheck
 from gpuwatchd.exitcodes import ExitCode
+from gpuwatchd.model.events import Gpu
 from gpuwatchd.model.state import HistoryEntry
 from gpuwatchd.model.vocabulary import ProbeResult
 
@@ -27,21 +28,11 @@ class Status(StrEnum):
 
 
 @dataclass(frozen=True)
-class GpuFact:
-    """One GPU as the host's NVML sees it."""
-
-    index: int
-    uuid: str
-    name: str
-    persistence: bool
-
-
-@dataclass(frozen=True)
 class NvmlFacts:
     """The host's NVML: versions and GPUs, or why it failed (``failure``)."""
 
     driver_version: str | None = None
-    gpus: tuple[GpuFact, ...] = ()
+    gpus: tuple[Gpu, ...] = ()
     failure: str | None = None  #: an NvmlFailure kind; None when NVML answered
     error: str | None = None  #: NVML's message for the failure
 

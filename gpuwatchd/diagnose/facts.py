@@ -28,20 +28,16 @@ from gpuwatchd.adapters.docker_engine import (
     ContainerInfo,
     DockerGateway,
     DockerUnavailable,
-    container_info,
-    gpu_methods,
-    one_line,
-    parse_docker_time,
 )
 from gpuwatchd.adapters.journal_query import last_reload, open_journal
 from gpuwatchd.adapters.state_file import read_state_file, state_path
 from gpuwatchd.config import Config
 from gpuwatchd.core.classify import classify_probe, summarize_output
+from gpuwatchd.core.docker_inspect import container_info, gpu_methods, parse_docker_time
 from gpuwatchd.diagnose.data import (
     ContainerFacts,
     DockerFacts,
     Facts,
-    GpuFact,
     HistoryFacts,
     HostFacts,
     LogFacts,
@@ -52,6 +48,7 @@ from gpuwatchd.diagnose.data import (
 from gpuwatchd.diagnose.verdict import START_MARGIN
 from gpuwatchd.model.state import MAX_HISTORY, HistoryEntry, PersistedState
 from gpuwatchd.patterns import first_match
+from gpuwatchd.text import one_line, text_or_none
 
 PERSISTENCED = "nvidia-persistenced"
 #: How far back the logs are read, and at most how many lines.
@@ -171,15 +168,14 @@ def library_version(root: Path) -> str | None:
 def nvml_facts() -> NvmlFacts:
     """The host's NVML (through :class:`gpuwatchd.adapters.nvml.Nvml`), or why it failed."""
     try:
-        from gpuwatchd.adapters.nvml import Nvml, NvmlFailure
+        from gpuwatchd.adapters.nvml import Nvml, NvmlError
     except ImportError as exc:  # pynvml missing: as good as no library
         return NvmlFacts(failure="library_missing", error=str(exc))
     try:
         info = Nvml().host_info()
-    except NvmlFailure as exc:
+    except NvmlError as exc:
         return NvmlFacts(failure=exc.kind, error=str(exc))
-    gpus = tuple(GpuFact(g.index, g.uuid, g.name, g.persistence) for g in info.gpus)
-    return NvmlFacts(driver_version=info.driver_version, gpus=gpus)
+    return NvmlFacts(driver_version=info.driver_version, gpus=info.gpus)
 
 
 def docker_facts(gateway: DockerGateway) -> DockerFacts:
@@ -192,14 +188,10 @@ def docker_facts(gateway: DockerGateway) -> DockerFacts:
     return DockerFacts(
         engine=engine.name,
         engine_version=engine.version,
-        cgroup_driver=_str_or_none(info.get("CgroupDriver")),
-        cgroup_version=_str_or_none(info.get("CgroupVersion")),
-        default_runtime=_str_or_none(info.get("DefaultRuntime")),
+        cgroup_driver=text_or_none(info.get("CgroupDriver")),
+        cgroup_version=text_or_none(info.get("CgroupVersion")),
+        default_runtime=text_or_none(info.get("DefaultRuntime")),
     )
-
-
-def _str_or_none(value: object) -> str | None:
-    return None if value in (None, "") else str(value)
 
 
 # --------------------------------------------------------------------------

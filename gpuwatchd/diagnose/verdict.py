@@ -34,7 +34,6 @@ from gpuwatchd.diagnose.data import (
     ContainerReport,
     Diagnosis,
     Facts,
-    GpuFact,
     HostFacts,
     ProbeFacts,
     Status,
@@ -49,6 +48,7 @@ from gpuwatchd.model.advice import (
     RELOAD_CAVEAT,
 )
 from gpuwatchd.model.container import AT_RISK_METHODS
+from gpuwatchd.model.events import Gpu
 from gpuwatchd.model.state import HistoryEntry
 from gpuwatchd.model.vocabulary import HOST_CAUSES, Cause, Confidence, ProbeResult
 
@@ -69,7 +69,7 @@ def _host_verdict(cause: Cause, evidence: tuple[str, ...],
                    (*a.fix_now, *extra_fix), a.fix_for_good, advice)
 
 
-def _gpu_list(gpus: Sequence[GpuFact]) -> str:
+def _gpu_list(gpus: Sequence[Gpu]) -> str:
     return ", ".join(f"GPU {g.index} ({g.name})" for g in gpus)
 
 

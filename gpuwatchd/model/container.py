@@ -1,5 +1,5 @@
 """What gpuwatchd knows about one container, as data (read from ``docker inspect``
-by :func:`gpuwatchd.adapters.docker_engine.container_info`)."""
+by :func:`gpuwatchd.core.docker_inspect.container_info`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class ContainerInfo:
 
 
 #: How a container got its GPUs (read from ``docker inspect`` by
-#: :func:`gpuwatchd.adapters.docker_engine.gpu_methods`); the first three are
+#: :func:`gpuwatchd.core.docker_inspect.gpu_methods`); the first three are
 #: exposed to a daemon-reload under the systemd cgroup driver, CDI is not.
 GPU_LEGACY_HOOK = "legacy_hook"  #: --gpus / DeviceRequests through the NVIDIA hook
 GPU_NVIDIA_RUNTIME = "nvidia_runtime"  #: --runtime nvidia (or the default runtime)

@@ -71,8 +71,9 @@ class ContainerState(StrEnum):
 
 
 @dataclass(frozen=True)
-class GpuInfo:
-    """One host GPU as NVML reports it."""
+class Gpu:
+    """One host GPU as NVML reports it: the one GPU type of the daemon, its NVML
+    adapter and ``diagnose``."""
 
     index: int
     uuid: str
@@ -128,7 +129,7 @@ class DeadlineKind(StrEnum):
 class GpuSnapshot:
     """Every host GPU's persistence mode, read at start and each gpu.poll_interval."""
 
-    gpus: tuple[GpuInfo, ...]
+    gpus: tuple[Gpu, ...]
 
 
 @dataclass(frozen=True)

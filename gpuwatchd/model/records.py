@@ -435,10 +435,6 @@ _ENTRIES: tuple[EventSpec, ...] = (
     ),
 )
 CATALOGUE: Mapping[str, EventSpec] = MappingProxyType({s.name: s for s in _ENTRIES})
-#: event name -> MESSAGE_ID, for the journal sink (``gpuwatchd.sinks.journal``).
-MESSAGE_IDS: Mapping[str, str] = MappingProxyType(
-    {s.name: s.message_id for s in _ENTRIES if s.message_id is not None}
-)
 
 @dataclass(frozen=True)
 class Record:
@@ -502,11 +498,6 @@ def make_record(event: str, **fields: FieldValue) -> Record:
         raise ValueError(f"record {event!r} does not allow field(s) {sorted(unknown)}")
     kept = {k: v for k, v in fields.items() if v is not None}
     return Record(event, spec.level, MappingProxyType(kept))
-
-
-def short_id(container_id: str) -> str:
-    """Docker's 12-hex short form of a container ID."""
-    return container_id[:12]
 
 
 # -- folding -----------------------------------------------------------------------

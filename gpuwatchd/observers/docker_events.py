@@ -13,8 +13,9 @@ from typing import Any
 
 from tenacity import Future, Retrying, retry_if_exception_type, wait_exponential
 
-from gpuwatchd.adapters.docker_engine import DockerUnavailable, EngineVersion, StreamThread
+from gpuwatchd.adapters.docker_engine import DockerUnavailable, StreamThread
 from gpuwatchd.adapters.protocols import DockerPort, EventStreamPort
+from gpuwatchd.core.docker_inspect import EngineVersion
 
 EventCallback = Callable[[dict[str, Any]], None]
 StatusCallback = Callable[[bool, str | None], None]  # (connected, error)

@@ -17,6 +17,7 @@ from gpuwatchd.adapters.docker_engine import DockerUnavailable, StreamThread
 from gpuwatchd.adapters.protocols import DockerPort, LogStreamPort
 from gpuwatchd.core.loglines import LineSplitter, clean
 from gpuwatchd.patterns import LogPattern, first_match
+from gpuwatchd.text import one_line
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class LogFollower(StreamThread):
             error = None  # removed while we attached: the event stream reports it
         except docker.errors.APIError as exc:
             # e.g. a log driver that cannot be read back ("none", plain syslog)
-            error = " ".join(str(exc.explanation or exc).split())
+            error = one_line(exc)
         except DockerUnavailable as exc:
             error = str(exc)
         except Exception as exc:  # a follower must never die silently

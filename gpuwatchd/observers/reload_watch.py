@@ -44,11 +44,6 @@ class ReloadWatcher:
         #: When PID 1 last logged a reload before :meth:`open` (epoch seconds), or None.
         self.last_before_open: float | None = None
 
-    @property
-    def is_open(self) -> bool:
-        """True between a successful :meth:`open` and :meth:`close`."""
-        return self._reader is not None
-
     def open(self) -> None:
         """Start following at the journal's current end; earlier reloads are ignored.
 

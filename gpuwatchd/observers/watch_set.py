@@ -21,10 +21,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-from gpuwatchd.adapters.docker_engine import ContainerInfo, DockerUnavailable, EngineVersion
+from gpuwatchd.adapters.docker_engine import ContainerInfo, DockerUnavailable
 from gpuwatchd.adapters.protocols import DockerPort, HostPort
 from gpuwatchd.config import Config
 from gpuwatchd.core.device_access import ReloadExposure, reload_exposure
+from gpuwatchd.core.docker_inspect import EngineVersion
 from gpuwatchd.core.watchset import is_watched
 from gpuwatchd.model.events import (
     ContainerRef,

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
+from gpuwatchd.text import one_line
+
 if TYPE_CHECKING:
     from structlog.typing import EventDict, WrappedLogger
 
@@ -116,7 +118,7 @@ def summary(record: Mapping[str, Any]) -> str:
     """A one-line human message for a record: its ``message``, else event plus key fields."""
     message = record.get("message")
     if message is not None and str(message).strip():
-        return " ".join(str(message).split())
+        return one_line(message)
     parts = [str(record.get("event") or "event")]
     for key in _SUMMARY_KEYS:
         value = record.get(key)

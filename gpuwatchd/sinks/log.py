@@ -18,6 +18,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from gpuwatchd.model.records import CATALOGUE, Record
 from gpuwatchd.sinks.journal import JournalRenderer, stream_is_journal
+from gpuwatchd.text import record_timestamp
 
 LogFormat = Literal["console", "json", "journal"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("console", "json", "journal")
@@ -33,7 +34,7 @@ _LEVELS = {
 
 def _timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     # ISO 8601 with milliseconds, always UTC: the catalogue promises this shape.
-    event_dict["timestamp"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    event_dict["timestamp"] = record_timestamp(datetime.now(timezone.utc))
     return event_dict
 
 

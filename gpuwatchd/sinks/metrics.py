@@ -8,8 +8,8 @@ the library's global one, so nothing else in the process leaks in):
   recovery, remediation failure, skip and give-up, persistence change and
   failed notification increments a ``_total`` counter.
 - **Gauges from the daemon's status.** :meth:`Metrics.refresh` stores the
-  daemon's ``status_document()`` (taken on the event loop, where the core
-  lives); :meth:`Metrics.refresh_forever` does it every second. A scrape only
+  daemon's :class:`~gpuwatchd.core.views.DaemonView` (taken on the event loop,
+  where the core lives); :meth:`Metrics.refresh_forever` does it every second. A scrape only
   ever reads that stored snapshot.
 
 The HTTP server runs on the daemon's event loop, not in threads: the port is
@@ -30,8 +30,7 @@ import asyncio
 import gzip
 import platform
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -39,6 +38,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from gpuwatchd import __version__
+from gpuwatchd.core.views import DaemonView
 from gpuwatchd.model.records import Record, make_record
 from gpuwatchd.model.vocabulary import ProbeResult
 
@@ -56,7 +56,7 @@ WRITE_TIMEOUT = 10.0
 #: Bytes a request head may take (request line and headers).
 MAX_REQUEST_HEAD = 8192
 
-StatusSource = Callable[[], Mapping[str, Any]]
+StatusSource = Callable[[], DaemonView]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -86,7 +86,7 @@ class _StatusCollector(Collector):
         self._metrics = metrics
 
     def collect(self) -> Iterable[Metric]:
-        doc = self._metrics.snapshot  # one reference read: the snapshot is never mutated
+        view = self._metrics.snapshot  # one reference read: the view is frozen
         build = GaugeMetricFamily(
             "gpuwatchd_build_info", "gpuwatchd's version (always 1)",
             labels=["version", "python"],
@@ -96,24 +96,23 @@ class _StatusCollector(Collector):
         up = GaugeMetricFamily(
             "gpuwatchd_up", "1 while the daemon's event loop answers (the snapshot is fresh)"
         )
-        fresh = doc is not None and time.time() - self._metrics.snapshot_at < 10 * REFRESH_INTERVAL
+        fresh = view is not None and time.time() - self._metrics.snapshot_at < 10 * REFRESH_INTERVAL
         up.add_metric([], _flag(fresh))
         yield up
-        if doc is None:
+        if view is None:
             return
-        core: Mapping[str, Any] = doc.get("core") or {}
+        core = view.core
         yield _gauge("gpuwatchd_start_time_seconds",
-                     "when the daemon started (Unix time)",
-                     time.time() - float(doc.get("uptime") or 0.0))
+                     "when the daemon started (Unix time)", time.time() - view.uptime)
         yield _gauge("gpuwatchd_dry_run", "1 in dry run: decisions are recorded, nothing changed",
-                     _flag(doc.get("dry_run")))
+                     _flag(view.dry_run))
         yield _gauge("gpuwatchd_docker_available", "1 while the Docker engine answers",
-                     _flag(doc.get("docker_available")))
+                     _flag(view.docker_available))
         yield _gauge("gpuwatchd_nvml_available", "1 while host NVML works",
-                     _flag(doc.get("nvml_available")))
+                     _flag(view.nvml_available))
         yield _gauge("gpuwatchd_remediation_paused_all",
                      "1 while `gpuwatchd pause` holds remediation of every container",
-                     _flag(core.get("paused_all")))
+                     _flag(core.paused_all))
 
         persistence = GaugeMetricFamily(
             "gpuwatchd_gpu_persistence_mode", "1 when the GPU's persistence mode is on",
@@ -123,11 +122,10 @@ class _StatusCollector(Collector):
             "gpuwatchd_gpu_last_checked_timestamp_seconds",
             "when the GPU's state was last read (Unix time)", labels=["gpu", "uuid"],
         )
-        for gpu in core.get("gpus") or ():
-            index, uuid = str(gpu.get("index")), str(gpu.get("uuid", ""))
-            persistence.add_metric([index, uuid, str(gpu.get("name", ""))],
-                                   _flag(gpu.get("persistence")))
-            checked.add_metric([index, uuid], float(gpu.get("last_checked") or 0.0))
+        for gpu in core.gpus:
+            index = str(gpu.index)
+            persistence.add_metric([index, gpu.uuid, gpu.name], _flag(gpu.persistence))
+            checked.add_metric([index, gpu.uuid], gpu.last_checked)
         yield persistence
         yield checked
 
@@ -162,20 +160,20 @@ class _StatusCollector(Collector):
             "always 1: the container's application profile (none: the global patterns)",
             labels=["container", "profile"],
         )
-        for c in core.get("containers") or ():
-            name = str(c.get("name"))
-            mode = str(c.get("action") or "restart")
+        for c in core.containers:
+            name = c.name
+            mode = c.action or "restart"
             for value in ("restart", "notify"):
                 action.add_metric([name, value], 1.0 if value == mode else 0.0)
-            profile.add_metric([name, str(c.get("profile") or "none")], 1.0)
-            last = c.get("last_probe_result")
+            profile.add_metric([name, c.profile or "none"], 1.0)
+            last = None if c.last_probe_result is None else c.last_probe_result.value
             for value in PROBE_RESULTS:
                 result.add_metric([name, value], 1.0 if value == last else 0.0)
-            if c.get("last_probe_at") is not None:
-                probed.add_metric([name], float(c["last_probe_at"]))
-            restarts.add_metric([name], float(c.get("restarts_in_window") or 0))
-            given_up.add_metric([name], _flag(c.get("given_up_at") is not None))
-            paused.add_metric([name], _flag(c.get("paused")))
+            if c.last_probe_at is not None:
+                probed.add_metric([name], c.last_probe_at)
+            restarts.add_metric([name], float(c.restarts_in_window))
+            given_up.add_metric([name], _flag(c.given_up_at is not None))
+            paused.add_metric([name], _flag(c.paused))
         yield from (result, probed, restarts, given_up, paused, action, profile)
 
     def describe(self) -> Iterable[Metric]:
@@ -192,14 +190,14 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 class Metrics:
     """gpuwatchd's metrics in their own registry; optionally served over HTTP.
 
-    ``status`` returns the daemon's status document (``Daemon.status_document``);
-    it is only ever called from :meth:`refresh`, on the event loop.
+    ``status`` returns the daemon's typed view (``DaemonStatus.view``); it is
+    only ever called from :meth:`refresh`, on the event loop.
     """
 
     def __init__(self, status: StatusSource | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._status = status
-        self.snapshot: Mapping[str, Any] | None = None
+        self.snapshot: DaemonView | None = None
         self.snapshot_at = 0.0
         self._server: asyncio.AbstractServer | None = None
         self._on_busy: Callable[[], None] | None = None
@@ -270,9 +268,9 @@ class Metrics:
     # -- gauges -----------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Store a fresh status snapshot (call on the event loop)."""
+        """Store a fresh status view (call on the event loop)."""
         if self._status is not None:
-            self.snapshot = dict(self._status())
+            self.snapshot = self._status()
             self.snapshot_at = time.time()
 
     async def refresh_forever(self) -> None:

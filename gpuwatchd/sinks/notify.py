@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 from gpuwatchd.config import NotifyConfig, url_scheme
 from gpuwatchd.model.records import Record, make_record
+from gpuwatchd.text import one_line, record_timestamp, text_or_none
 
 #: The events a person wants to hear about. ``notify_failed`` is never one.
 NOTIFY_EVENTS: frozenset[str] = frozenset(
@@ -88,7 +89,7 @@ def notification_document(
         event=record.event,
         level=record.level.value,
         message=record.message,
-        timestamp=when.astimezone(timezone.utc).isoformat(timespec="milliseconds"),
+        timestamp=record_timestamp(when),
         message_id=record.message_id,
         host=host,
     )
@@ -106,8 +107,9 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}/…"
 
 
-def _one_line(text: str, limit: int) -> str:
-    flat = " ".join(text.split())
+def _one_line_clipped(text: str, limit: int) -> str:
+    """``text`` as one line of at most ``limit`` characters, an ellipsis marking a cut."""
+    flat = one_line(text)
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -178,7 +180,7 @@ async def run_child(
             _kill_group(proc.pid)
             # asyncio's child watcher reaps it even if this wait is cancelled.
             await proc.wait()
-    return status, _one_line(err.decode(errors="replace"), STDERR_EXCERPT)
+    return status, _one_line_clipped(err.decode(errors="replace"), STDERR_EXCERPT)
 
 
 async def run_command(argv: tuple[str, ...], payload: bytes, limit: float) -> None:
@@ -342,8 +344,8 @@ class Notifier:
             make_record(
                 "notify_failed",
                 error=f"{record.event}: {error}",
-                container=_str_or_none(record.get("container")),
-                container_id=_str_or_none(record.get("container_id")),
+                container=text_or_none(record.get("container")),
+                container_id=text_or_none(record.get("container_id")),
             )
         )
 
@@ -369,10 +371,6 @@ class Notifier:
     def pending(self) -> int:
         """Deliveries waiting or running."""
         return len(self._tasks)
-
-
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 __all__ = [

@@ -16,8 +16,9 @@ import pytest
 from docker.models.containers import Container
 
 from gpuwatchd.adapters.device_check import device_access, kernel_check
-from gpuwatchd.adapters.docker_engine import ContainerInfo, container_info
+from gpuwatchd.adapters.docker_engine import ContainerInfo
 from gpuwatchd.core.device_access import Access, parse_mountinfo, parse_proc_cgroup
+from gpuwatchd.core.docker_inspect import container_info
 from tests.bench import ER05_LINE, ContainerFactory, GpuController, wait_for_log
 from tests.bench.engines import Engine, on_every_engine
 

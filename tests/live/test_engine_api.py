@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from docker.models.containers import Container
 
-from gpuwatchd.adapters.docker_engine import WATCHED_EVENTS, DockerGateway, parse_docker_time
+from gpuwatchd.adapters.docker_engine import WATCHED_EVENTS, DockerGateway
+from gpuwatchd.core.docker_inspect import parse_docker_time
 from tests.bench import ONAIR_LINE, wait_for
 from tests.bench.engines import Engine, on_every_engine
 from tests.live.conftest import healthy

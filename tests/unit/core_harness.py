@@ -20,7 +20,7 @@ from gpuwatchd.model.events import (
     ContainerWatched,
     Emit,
     Event,
-    GpuInfo,
+    Gpu,
     GpuSnapshot,
     PersistenceSetFinished,
     PersistenceSetResult,
@@ -40,8 +40,8 @@ from gpuwatchd.model.vocabulary import ProbeResult
 T0 = 1_767_139_200.0  #: 2025-12-31, the field report's day
 KONOMI = ContainerRef("a" * 64, "KonomiTV")
 OTHER = ContainerRef("b" * 64, "Mirakurun")
-GPU0 = GpuInfo(0, "GPU-00000000-0000-0000-0000-000000000000", "NVIDIA GeForce GTX 1080 Ti", True)
-GPU0_OFF = GpuInfo(GPU0.index, GPU0.uuid, GPU0.name, False)
+GPU0 = Gpu(0, "GPU-00000000-0000-0000-0000-000000000000", "NVIDIA GeForce GTX 1080 Ti", True)
+GPU0_OFF = Gpu(GPU0.index, GPU0.uuid, GPU0.name, False)
 
 
 def make_config(
@@ -146,7 +146,7 @@ class Harness:
             )
         )
 
-    def gpus(self, *gpus: GpuInfo) -> list[Action]:
+    def gpus(self, *gpus: Gpu) -> list[Action]:
         return self.send(GpuSnapshot(gpus or (GPU0,)))
 
     def last_probe(self, ref: ContainerRef = KONOMI) -> RunProbe:

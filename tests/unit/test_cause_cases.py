@@ -17,7 +17,6 @@ from gpuwatchd.core.cause import DeviceAccess, Evidence, cause_of
 from gpuwatchd.diagnose.data import (
     ContainerFacts,
     DockerFacts,
-    GpuFact,
     HostFacts,
     NvmlFacts,
     PersistencedFacts,
@@ -26,7 +25,7 @@ from gpuwatchd.diagnose.data import (
 from gpuwatchd.diagnose.verdict import container_evidence, container_verdict
 from gpuwatchd.model.advice import ADVICE, HOST_CAUSE_ADVICE
 from gpuwatchd.model.container import GPU_CDI, GPU_LEGACY_HOOK
-from gpuwatchd.model.events import NvmlFailure, NvmlUnavailable, ProbeTick, SystemdReloaded
+from gpuwatchd.model.events import Gpu, NvmlFailure, NvmlUnavailable, ProbeTick, SystemdReloaded
 from gpuwatchd.model.vocabulary import HOST_CAUSES, Cause, Confidence, ProbeResult
 
 from .core_harness import GPU0, GPU0_OFF, KONOMI, Harness, make_config, records
@@ -173,7 +172,7 @@ def diagnose_facts(e: Evidence) -> tuple[HostFacts, ContainerFacts]:
     elif e.off_now is None:
         nvml = NvmlFacts("535.274.02", ())
     else:
-        nvml = NvmlFacts("535.274.02", (GpuFact(0, UUID, "GTX 1080 Ti", not e.off_now),))
+        nvml = NvmlFacts("535.274.02", (Gpu(0, UUID, "GTX 1080 Ti", not e.off_now),))
     seen = (None if e.off_since_start is None
             else {UUID: STARTED + 60 if e.off_since_start else STARTED - 60})
     host = HostFacts(

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from gpuwatchd.config import ContainerOverride, RemediationConfig
+from gpuwatchd.core.views import DaemonView
 from gpuwatchd.model.events import (
     Action,
     ContainerState,
@@ -188,8 +189,7 @@ def test_no_known_image_keeps_the_global_settings() -> None:
 # -- status and metrics show the mode and the profile ----------------------------------------
 
 
-def _doc() -> dict[str, object]:
-    from gpuwatchd import __version__
+def _view() -> DaemonView:
     from gpuwatchd.core.views import ContainerView, CoreView
 
     view = CoreView(
@@ -206,8 +206,17 @@ def _doc() -> dict[str, object]:
         ),
         nvml_unavailable=None, docker_unavailable=None, paused_all=False, paused_all_until=None,
     )
-    return {"version": __version__, "pid": 1, "uptime": 1.0, "dry_run": False,
-            "docker_available": True, "nvml_available": True, "core": view.to_json()}
+    return DaemonView(uptime=1.0, dry_run=False, docker_available=True, nvml_available=True,
+                      core=view)
+
+
+def _doc() -> dict[str, object]:
+    from gpuwatchd import __version__
+
+    v = _view()
+    return {"version": __version__, "pid": 1, "uptime": v.uptime, "dry_run": v.dry_run,
+            "docker_available": v.docker_available, "nvml_available": v.nvml_available,
+            "core": v.core.to_json()}
 
 
 def test_status_shows_profile_patterns_and_notify_mode() -> None:
@@ -226,8 +235,7 @@ def test_metrics_show_the_action_and_profile() -> None:
 
     from gpuwatchd.sinks.metrics import Metrics
 
-    doc = _doc()
-    m = Metrics(lambda: doc)
+    m = Metrics(_view)
     m.refresh()
     found = {
         (s.name, frozenset(s.labels.items())): s.value

@@ -14,9 +14,9 @@ import pytest
 from gpuwatchd.adapters import sdnotify
 from gpuwatchd.adapters.fakes import FakeDocker, FakeHost, FakeNvml
 from gpuwatchd.adapters.instance import claim
-from gpuwatchd.adapters.nvml import GpuState
 from gpuwatchd.config import Config, DaemonConfig
 from gpuwatchd.daemon import Daemon
+from gpuwatchd.model.events import Gpu
 from gpuwatchd.model.records import Record
 from tests.unit.runtime_harness import container
 
@@ -63,7 +63,7 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
     config = Config(daemon=DaemonConfig(state_dir=tmp_path / "state",
                                         runtime_dir=tmp_path / "run"))
     daemon = Daemon(config, gateway=FakeDocker(container("konomi")),
-                    nvml=FakeNvml(GpuState(0, "GPU-0", "x", True)), host=FakeHost())
+                    nvml=FakeNvml(Gpu(0, "GPU-0", "x", True)), host=FakeHost())
     log: list[str] = []
     seen: list[Record] = []
     daemon.record_listeners.append(seen.append)

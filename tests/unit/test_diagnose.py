@@ -13,7 +13,6 @@ from gpuwatchd.diagnose.data import (
     ContainerFacts,
     DockerFacts,
     Facts,
-    GpuFact,
     HostFacts,
     LogFacts,
     NvmlFacts,
@@ -36,6 +35,7 @@ from gpuwatchd.model.container import (
     GPU_LEGACY_HOOK,
     GPU_NVIDIA_RUNTIME,
 )
+from gpuwatchd.model.events import Gpu
 from gpuwatchd.model.vocabulary import ProbeResult
 
 STARTED = 1_000_000.0
@@ -43,8 +43,8 @@ NAME = "KonomiTV"
 PERSISTENCED = "/usr/bin/nvidia-persistenced"
 
 
-def gpu(persistence: bool = True, index: int = 0) -> GpuFact:
-    return GpuFact(index, f"GPU-{index}", "NVIDIA GeForce GTX 1080 Ti", persistence)
+def gpu(persistence: bool = True, index: int = 0) -> Gpu:
+    return Gpu(index, f"GPU-{index}", "NVIDIA GeForce GTX 1080 Ti", persistence)
 
 
 def host(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gpuwatchd.adapters.docker_engine import container_info, gpu_methods
+from gpuwatchd.core.docker_inspect import container_info, gpu_methods
 from gpuwatchd.diagnose.facts import (
     find_process,
     kernel_module_version,

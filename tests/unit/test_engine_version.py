@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpuwatchd.adapters.docker_engine import EngineVersion, engine_version
+from gpuwatchd.core.docker_inspect import EngineVersion, engine_version
 from gpuwatchd.status_view import render_status
 
 #: Trimmed ``GET /version`` answers, as each engine gives them.

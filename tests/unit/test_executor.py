@@ -11,7 +11,7 @@ import pytest
 
 from gpuwatchd.adapters.docker_engine import DockerUnavailable, ExecOutcome
 from gpuwatchd.adapters.fakes import FakeDocker, FakeHost, FakeNvml
-from gpuwatchd.adapters.nvml import GpuState, NvmlFailure
+from gpuwatchd.adapters.nvml import NvmlError
 from gpuwatchd.adapters.state_file import PersistedState, state_path
 from gpuwatchd.config import Config, DaemonConfig
 from gpuwatchd.core.classify import classify_probe
@@ -23,8 +23,9 @@ from gpuwatchd.model.events import (
     DeadlineKind,
     DeadlineReached,
     Emit,
-    GpuInfo,
+    Gpu,
     GpuSnapshot,
+    NvmlFailure,
     NvmlUnavailable,
     PersistenceSetFinished,
     ProbeFinished,
@@ -37,14 +38,13 @@ from gpuwatchd.model.events import (
     ScheduleWakeup,
     SetPersistence,
 )
-from gpuwatchd.model.events import NvmlFailure as NvmlFailureKind
 from gpuwatchd.model.records import make_record
 from gpuwatchd.model.vocabulary import ProbeResult
 from gpuwatchd.runtime import Runtime
 from tests.unit.runtime_harness import Recorded, container, make_runtime, queued, settle
 
-GPU0 = GpuState(0, "GPU-0", "NVIDIA GeForce GTX 1080 Ti", True)
-GPU1 = GpuState(1, "GPU-1", "NVIDIA GeForce GTX 1080 Ti", False)
+GPU0 = Gpu(0, "GPU-0", "NVIDIA GeForce GTX 1080 Ti", True)
+GPU1 = Gpu(1, "GPU-1", "NVIDIA GeForce GTX 1080 Ti", False)
 KONOMI = container("konomi")
 REF = ContainerRef(KONOMI.id, KONOMI.name)
 FAULT_OUTPUT = b"Failed to initialize NVML: Unknown Error\n"
@@ -60,8 +60,8 @@ class World:
         config = Config(daemon=DaemonConfig(state_dir=tmp_path / "state",
                                             runtime_dir=tmp_path / "run"))
         self.executor = Executor(runtime, self.docker, self.nvml, self.host, lambda: config,
-                                 lambda: (GpuInfo(0, "GPU-0", "x", True),
-                                          GpuInfo(1, "GPU-1", "x", False)))
+                                 lambda: (Gpu(0, "GPU-0", "x", True),
+                                          Gpu(1, "GPU-1", "x", False)))
 
     async def run(self, action: object) -> list[object]:
         await self.executor.start(action)  # type: ignore[arg-type]
@@ -97,8 +97,8 @@ async def test_a_gpu_fault_gathers_the_host_reading_first_then_device_access(
     world.docker.probe = ExecOutcome(1, FAULT_OUTPUT)
     reading, finished = await world.run(probe())
     # The same event the poller puts there, from NVML directly, before the result.
-    assert reading == GpuSnapshot((GpuInfo(0, "GPU-0", GPU0.name, True),
-                                   GpuInfo(1, "GPU-1", GPU1.name, False)))
+    assert reading == GpuSnapshot((Gpu(0, "GPU-0", GPU0.name, True),
+                                   Gpu(1, "GPU-1", GPU1.name, False)))
     assert world.host.called("device_access") == [(KONOMI.id,)]
     assert isinstance(finished, ProbeFinished)
     assert finished.result is classify_probe(1, FAULT_OUTPUT)
@@ -109,9 +109,9 @@ async def test_a_gpu_fault_with_nvml_down_puts_nvml_unavailable_before_the_resul
     world: World,
 ) -> None:
     world.docker.probe = ExecOutcome(1, FAULT_OUTPUT)
-    world.nvml.fail["read_gpus"] = NvmlFailure("driver_not_loaded", "Driver Not Loaded")
+    world.nvml.fail["read_gpus"] = NvmlError("driver_not_loaded", "Driver Not Loaded")
     reading, finished = await world.run(probe())
-    assert reading == NvmlUnavailable(NvmlFailureKind.DRIVER_NOT_LOADED, "Driver Not Loaded")
+    assert reading == NvmlUnavailable(NvmlFailure.DRIVER_NOT_LOADED, "Driver Not Loaded")
     assert isinstance(finished, ProbeFinished)
 
 
@@ -137,7 +137,7 @@ async def test_a_probe_that_raises_anything_still_ends_and_is_recorded(world: Wo
 
 
 async def test_persistence_is_set_per_gpu_and_each_failure_is_its_own(world: World) -> None:
-    world.nvml.fail["set_persistence"] = NvmlFailure("no_permission", "Insufficient Permissions")
+    world.nvml.fail["set_persistence"] = NvmlError("no_permission", "Insufficient Permissions")
     world.nvml.once.add("set_persistence")
     finished, reading = await world.run(SetPersistence((1, 0)))
     assert world.nvml.called("set_persistence") == [(1, True), (0, True)]

@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gpuwatchd import __version__
-from gpuwatchd.core.views import ContainerView, CoreView, GpuView
+from gpuwatchd.core.views import ContainerView, CoreView, DaemonView, GpuView
 from gpuwatchd.model.events import ContainerState
 from gpuwatchd.model.records import make_record
 from gpuwatchd.model.vocabulary import Cause, ProbeResult
@@ -28,8 +28,8 @@ from gpuwatchd.sinks.metrics import PROBE_RESULTS, Metrics, parse_listen
 NOW = 1_700_000_000.0
 
 
-def status_document(**changes: Any) -> dict[str, Any]:
-    """A status document as Daemon.status_document builds it, from a real CoreView."""
+def status_view(**changes: Any) -> DaemonView:
+    """The daemon's view as DaemonStatus.view builds it, around a real CoreView."""
     view = CoreView(
         dry_run=False,
         gpus=(GpuView(0, "GPU-aaaa", "NVIDIA GeForce GTX 1080 Ti", True, NOW - 3, None),
@@ -46,11 +46,10 @@ def status_document(**changes: Any) -> dict[str, Any]:
         paused_all=False,
         paused_all_until=None,
     )
-    doc = {"version": __version__, "pid": 1, "uptime": 120.0, "dry_run": False,
-           "docker_available": True, "nvml_available": True, "status": "",
-           "core": view.to_json()}
-    doc.update(changes)
-    return doc
+    fields: dict[str, Any] = {"uptime": 120.0, "dry_run": False, "docker_available": True,
+                              "nvml_available": True, "core": view}
+    fields.update(changes)
+    return DaemonView(**fields)
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -95,7 +94,7 @@ def test_counters_follow_records() -> None:
 
 def test_gauges_come_from_the_stored_snapshot() -> None:
     """GPU persistence, per-container probe result (enum style), timestamps, budgets."""
-    doc = status_document()
+    doc = status_view()
     m = Metrics(lambda: doc)
     m.refresh()
     assert value(m, "gpuwatchd_up") == 1
@@ -123,7 +122,7 @@ def test_gauges_come_from_the_stored_snapshot() -> None:
 
 
 def test_degraded_and_dry_run_show() -> None:
-    doc = status_document(docker_available=False, nvml_available=None, dry_run=True)
+    doc = status_view(docker_available=False, nvml_available=None, dry_run=True)
     m = Metrics(lambda: doc)
     m.refresh()
     assert value(m, "gpuwatchd_docker_available") == 0
@@ -133,7 +132,7 @@ def test_degraded_and_dry_run_show() -> None:
 
 def test_up_is_zero_without_a_fresh_snapshot() -> None:
     """Before the first refresh (or when the loop stops refreshing) gpuwatchd_up is 0."""
-    m = Metrics(status_document)
+    m = Metrics(status_view)
     assert value(m, "gpuwatchd_up") == 0
     m.refresh()
     assert value(m, "gpuwatchd_up") == 1
@@ -143,7 +142,7 @@ def test_up_is_zero_without_a_fresh_snapshot() -> None:
 
 def test_names_follow_prometheus_conventions() -> None:
     """gpuwatchd_ prefix everywhere; counters end in _total; times in seconds."""
-    m = Metrics(status_document)
+    m = Metrics(status_view)
     m.refresh()
     m.on_record(make_record("container_restarted", container="K", cause="unknown"))
     text = generate_latest(m.registry).decode()
@@ -204,7 +203,7 @@ def busy_calls() -> list[float]:
 
 @pytest.fixture
 def served(loop_thread: LoopThread, busy_calls: list[float]) -> Iterator[tuple[Metrics, str]]:
-    m = Metrics(status_document)
+    m = Metrics(status_view)
     m.refresh()
     host, port = loop_thread.run(m.serve("127.0.0.1:0", on_busy=lambda: busy_calls.append(1)))
     try:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gpuwatchd.config import NotifyConfig
-from gpuwatchd.model.records import MESSAGE_IDS, Record, make_record
+from gpuwatchd.model.records import CATALOGUE, Record, make_record
 from gpuwatchd.sinks.notify import NOTIFY_EVENTS, Notifier, notification_document, redact_url
 
 RESTARTED = make_record(
@@ -62,7 +62,7 @@ def test_document_carries_the_record_and_its_context() -> None:
     assert doc["attempt"] == 1
     assert doc["message"] == RESTARTED.message
     assert doc["timestamp"] == "2024-05-01T03:04:05.678+00:00"
-    assert doc["message_id"] == MESSAGE_IDS["container_restarted"]
+    assert doc["message_id"] == CATALOGUE["container_restarted"].message_id
     assert doc["host"] == "tv-host"
     json.dumps(doc)  # JSON-ready as is
 

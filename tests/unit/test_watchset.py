@@ -7,9 +7,10 @@ from types import MappingProxyType
 
 import pytest
 
-from gpuwatchd.adapters.docker_engine import ContainerInfo, container_info, parse_docker_time
 from gpuwatchd.config import WatchConfig
+from gpuwatchd.core.docker_inspect import container_info, parse_docker_time
 from gpuwatchd.core.watchset import is_watched
+from gpuwatchd.model.container import ContainerInfo
 
 ID = "3f2a9c1b7d4e" + "0" * 52
 
