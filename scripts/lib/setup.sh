@@ -145,6 +145,12 @@ _setup_stop_podman() {
             sleep 0.1
         done
         kill -0 "$PODMAN_PID" 2>/dev/null && kill -KILL "$PODMAN_PID"
+        # Podman's overlay driver bind-mounts its storage onto itself and leaves
+        # it: undone here, so the checkout can be moved or removed afterwards.
+        local overlay="$PODMAN_DIR/storage/overlay"
+        if awk -v m="$overlay" '$2 == m {found=1} END {exit !found}' /proc/mounts; then
+            umount "$overlay" 2>/dev/null || say "could not unmount $overlay"
+        fi
     fi
     [ -z "$PODMAN_SOCKET" ] || rm -f "$PODMAN_SOCKET"
     return 0
