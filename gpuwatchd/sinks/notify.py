@@ -334,8 +334,7 @@ class Notifier:
             self._failed(record, f"{label} not delivered: gpuwatchd is stopping")
             raise
         except Exception as exc:  # whatever breaks one delivery ends in notify_failed
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            self._failed(record, f"{label} failed: {type(exc).__name__}: {first}")
+            self._failed(record, f"{label} failed: {type(exc).__name__}: {one_line(exc)}")
         finally:
             send.close()  # never started when cancelled while waiting for a slot
 
